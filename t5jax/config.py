@@ -1,0 +1,119 @@
+"""The model configuration: one frozen dataclass plus the T5 presets.
+
+Imports nothing but the standard library so that any module (gin configs,
+checkpoint importers, benchmarks) can read a config without building a model.
+Numbers come from ../shared/T5_NOTES.md (the T5 paper, T5X gin files, HF
+configs); `tests/test_model.py` checks every preset's parameter count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+FEED_FORWARD_KINDS = ("relu", "gated-gelu")
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5 encoder-decoder (field names follow HF's T5Config)."""
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 8
+  d_kv: int = 64  # per-head width; num_heads * d_kv need not equal d_model
+  d_ff: int = 2048
+  num_layers: int = 6  # encoder layers
+  num_decoder_layers: int | None = None  # None: same as num_layers
+  feed_forward_proj: str = "relu"  # "relu" (T5.1.0) or "gated-gelu" (T5.1.1)
+  # Tied (T5.1.0): logits = (h * d_model**-0.5) @ E^T. Untied (T5.1.1): own head.
+  tie_word_embeddings: bool = True
+  # Only read when tied. False is the transformers-5.x form of a T5.1.1
+  # checkpoint saved without its lm_head (tied, no rescale).
+  scale_tied_logits: bool = True
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-6
+  # Activation dtype of matmuls and the residual stream. Parameters are always
+  # float32; norms, softmax and logits are computed in float32.
+  dtype: str = "float32"
+  # Rematerialisation of each layer in the backward pass (see REMAT_POLICIES).
+  remat_policy: str = "none"
+  pad_token_id: int = 0
+  eos_token_id: int = 1
+  decoder_start_token_id: int = 0
+
+  def __post_init__(self):
+    if self.feed_forward_proj not in FEED_FORWARD_KINDS:
+      raise ValueError(
+          f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected one "
+          f"of {FEED_FORWARD_KINDS}.")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"T5Config.remat_policy={self.remat_policy!r}: expected one of "
+          f"{REMAT_POLICIES}.")
+    for name in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff",
+                 "num_layers", "relative_attention_num_buckets"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"T5Config.{name}={getattr(self, name)} must be >= 1.")
+    if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
+      raise ValueError(
+          f"T5Config.num_decoder_layers={self.num_decoder_layers} must be >= 1 "
+          "(or None for the same as num_layers).")
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+  @property
+  def is_gated(self) -> bool:
+    return self.feed_forward_proj == "gated-gelu"
+
+  def replace(self, **overrides) -> "T5Config":
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+    if unknown:
+      raise TypeError(f"T5Config has no field(s) {unknown}; fields: "
+                      f"{[f.name for f in dataclasses.fields(self)]}")
+    return dataclasses.replace(self, **overrides)
+
+
+def _v10(d_model, num_heads, d_kv, d_ff, layers):
+  return T5Config(d_model=d_model, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
+                  num_layers=layers, feed_forward_proj="relu",
+                  tie_word_embeddings=True, dropout_rate=0.1)
+
+
+def _v11(d_model, num_heads, d_kv, d_ff, layers):
+  # T5.1.1 turned dropout off for pre-training; finetune configs set 0.1.
+  return T5Config(d_model=d_model, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
+                  num_layers=layers, feed_forward_proj="gated-gelu",
+                  tie_word_embeddings=False, dropout_rate=0.0)
+
+
+PRESETS: dict[str, T5Config] = {
+    "t5.1.0-small": _v10(512, 8, 64, 2048, 6),
+    "t5.1.0-base": _v10(768, 12, 64, 3072, 12),
+    "t5.1.0-large": _v10(1024, 16, 64, 4096, 24),
+    "t5.1.0-3b": _v10(1024, 32, 128, 16384, 24),
+    "t5.1.0-11b": _v10(1024, 128, 128, 65536, 24),
+    "t5.1.1-small": _v11(512, 6, 64, 1024, 8),
+    "t5.1.1-base": _v11(768, 12, 64, 2048, 12),
+    "t5.1.1-large": _v11(1024, 16, 64, 2816, 24),
+    "t5.1.1-xl": _v11(2048, 32, 64, 5120, 24),
+    "t5.1.1-xxl": _v11(4096, 64, 64, 10240, 24),
+    # For tests and the CPU demo: T5.1.1-style, a few layers, narrow.
+    "tiny": T5Config(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=2,
+                     feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                     dropout_rate=0.0),
+}
+
+
+def get_config(name: str, **overrides) -> T5Config:
+  """Returns preset `name` (see PRESETS) with any field overridden."""
+  if name not in PRESETS:
+    close = difflib.get_close_matches(name, PRESETS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise KeyError(f"Unknown T5 preset {name!r}.{hint} Presets: {sorted(PRESETS)}")
+  return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

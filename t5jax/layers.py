@@ -1,0 +1,206 @@
+"""T5 building blocks in Flax Linen: norm, relative position bias, attention, MLP.
+
+Only jax/flax/numpy are imported here. Every parameter carries logical axis
+names (`'embed'`, `'heads'`, `'kv'`, `'mlp'`, `'vocab'`, `'relpos_buckets'`);
+`t5jax.partitioning` maps them to mesh axes. Parameter names follow T5X, so a
+T5X checkpoint maps onto this tree by reshaping alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+# Large negative instead of -inf: a fully masked row (a padding query) then gives a
+# uniform softmax rather than NaNs, and its output is ignored by the loss anyway.
+NEG_INF = -1e10
+
+
+def _param(module: nn.Module, name: str, init, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def dense_init(in_axis, out_axis, scale: float = 1.0):
+  """T5X's kernel init: variance scaling on fan-in (truncated normal)."""
+  return nn.initializers.variance_scaling(
+      scale, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
+
+
+class RMSNorm(nn.Module):
+  """T5's LayerNorm: scale only, no mean subtraction, variance in float32."""
+
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+    return (x * jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool,
+                             num_buckets: int, max_distance: int):
+  """Maps key_pos - query_pos to a bucket id, as T5 (and HF's _relative_position_bucket).
+
+  Small distances get their own bucket; larger ones share log-spaced buckets
+  up to max_distance. Bidirectional buckets split the table by sign.
+  """
+  n = -jnp.asarray(relative_position, jnp.int32)  # query_pos - key_pos
+  ret = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret = ret + (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # float32 as in the reference implementations, so bucket edges agree exactly.
+  scaled = (jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+            / np.log(max_distance / max_exact) * (num_buckets - max_exact))
+  val_if_large = jnp.minimum(max_exact + scaled.astype(jnp.int32), num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """One learned [heads, buckets] table per stack, shared by all its layers."""
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    """Positions are 1-D (offset-free: only differences matter). Returns [1, H, Q, K]."""
+    table = _param(self, "rel_embedding",
+                   nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                   (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+    buckets = relative_position_bucket(
+        key_positions[None, :] - query_positions[:, None], self.bidirectional,
+        self.num_buckets, self.max_distance)
+    # Gather via one-hot matmul: cheaper than a gather on accelerators and
+    # shards cleanly along heads.
+    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
+    return jnp.einsum("hb,qkb->hqk", table, one_hot)[None]
+
+
+class MultiHeadAttention(nn.Module):
+  """Attention without 1/sqrt(d_kv) score scaling (folded into the query init).
+
+  Modes: full sequences; incremental self-attention decoding (`decode=True`,
+  one query at `decode_position`, keys/values written into the 'cache'
+  collection); cross-attention whose projected keys/values are cached on the
+  first decoding call (`inputs_kv=None` afterwards reads them back).
+  """
+
+  num_heads: int
+  d_kv: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  deterministic: bool = True
+  decode: bool = False
+  cross: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
+               bias: Array | None = None, decode_position: Array | None = None) -> Array:
+    d_model = inputs_q.shape[-1]
+    h, d = self.num_heads, self.d_kv
+    q_init = dense_init(0, (1, 2), scale=1.0 / d)  # stddev (d_model * d_kv)**-0.5
+    kv_init = dense_init(0, (1, 2))
+    wq = _param(self, "query", q_init, (d_model, h, d), ("embed", "heads", "kv"))
+    wk = _param(self, "key", kv_init, (d_model, h, d), ("embed", "heads", "kv"))
+    wv = _param(self, "value", kv_init, (d_model, h, d), ("embed", "heads", "kv"))
+    wo = _param(self, "out", dense_init((0, 1), 2), (h, d, d_model), ("heads", "kv", "embed"))
+    project = lambda x, w: jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), w.astype(self.dtype))
+
+    query = project(inputs_q, wq)
+    if self.cross and self.decode and inputs_kv is None:
+      # Later decoding steps: the encoder's keys/values were cached at step 0.
+      key = self.get_variable("cache", "cross_key")
+      value = self.get_variable("cache", "cross_value")
+    else:
+      key, value = project(inputs_kv, wk), project(inputs_kv, wv)
+      if self.cross and self.decode:
+        self.put_variable("cache", "cross_key", key)
+        self.put_variable("cache", "cross_value", value)
+    if self.decode and not self.cross:
+      initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      if initialized:  # a real step (not the shape-only init call)
+        index = (0, decode_position, 0, 0)
+        key = jax.lax.dynamic_update_slice(cached_key.value, key, index)
+        value = jax.lax.dynamic_update_slice(cached_value.value, value, index)
+        cached_key.value, cached_value.value = key, value
+    query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+    key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
+    value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    if bias is not None:
+      scores = scores + bias
+    if mask is not None:
+      scores = jnp.where(mask, scores, NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1)
+    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    return jnp.einsum("bqhd,hde->bqe", out, wo.astype(self.dtype))
+
+
+class MlpBlock(nn.Module):
+  """ReLU (T5.1.0) or gated-GELU, tanh approximation (T5.1.1) feed-forward."""
+
+  d_ff: int
+  gated: bool
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d_model = x.shape[-1]
+    x = x.astype(self.dtype)
+    up = lambda name: x @ _param(self, name, dense_init(0, 1), (d_model, self.d_ff),
+                                 ("embed", "mlp")).astype(self.dtype)
+    if self.gated:
+      hidden = jax.nn.gelu(up("wi_0"), approximate=True) * up("wi_1")
+    else:
+      hidden = jax.nn.relu(up("wi"))
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=self.deterministic)
+    wo = _param(self, "wo", dense_init(0, 1), (self.d_ff, d_model), ("mlp", "embed"))
+    return hidden @ wo.astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """The token embedding [vocab, embed]; `attend` gives tied logits in float32."""
+
+  vocab_size: int
+  features: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                            (self.vocab_size, self.features), ("vocab", "embed"))
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def remat_policy(name: str):
+  return {"full": None, "save_dots": jax.checkpoint_policies.checkpoint_dots}[name]
