@@ -1,0 +1,7 @@
+"""`python -m t5jax ...` is the `t5jax` command."""
+
+import sys
+
+from t5jax.cli import main
+
+sys.exit(main())

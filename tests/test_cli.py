@@ -1,0 +1,49 @@
+"""The `t5jax` command line, and the rule that the core imports no TensorFlow."""
+
+import subprocess
+import sys
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from hf_reference import hf_model
+from t5jax.cli import main
+
+CORE_MODULES = ["t5jax", "t5jax.config", "t5jax.layers", "t5jax.model", "t5jax.conversion",
+                "t5jax.conversion.hf", "t5jax.conversion.t5x", "t5jax.cli"]
+
+
+def test_core_imports_no_tensorflow():
+  code = ("import sys, importlib\n"
+          f"for m in {CORE_MODULES!r}: importlib.import_module(m)\n"
+          "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio', "
+          "'tensorflow_datasets')]\n"
+          "assert not bad, bad\n")
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_params_command(capsys):
+  assert main(["params", "t5.1.1-base", "t5.1.0-small"]) == 0
+  out = capsys.readouterr().out
+  assert "247,577,856" in out and "60,506,624" in out
+
+
+def test_params_unknown_preset(capsys):
+  assert main(["params", "t5.1.1-bse"]) == 2
+  assert "Did you mean 't5.1.1-base'" in capsys.readouterr().err
+
+
+def test_convert_hf_to_t5jax_and_back(tmp_path, capsys):
+  hf_model(seed=9, feed_forward_proj="gated-gelu", tie_word_embeddings=False).save_pretrained(
+      str(tmp_path / "hf"))
+  assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "t5jax"), "--to", "t5jax"]) == 0
+  assert main(["convert", str(tmp_path / "t5jax"), str(tmp_path / "back")]) == 0
+  a = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  b = load_file(str(tmp_path / "back" / "model.safetensors"))
+  assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert "parameters" in capsys.readouterr().out
+
+
+def test_convert_missing_source(tmp_path, capsys):
+  assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+  assert "does not exist" in capsys.readouterr().err
