@@ -1,0 +1,119 @@
+"""Optimizers and learning-rate schedules (T5 / T5X settings by default).
+
+    tx = make_optimizer(OptimizerConfig())  # Adafactor + rsqrt, as T5X pretraining
+
+Schedules take optax's update count `step` (0 for the first update), as T5X's
+`rsqrt_decay` does, so the first 10k steps of pretraining get exactly 0.01.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("rsqrt", "warmup_rsqrt", "constant", "cosine")
+OPTIMIZERS = ("adafactor", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  name: str = "adafactor"
+  schedule: str = "rsqrt"
+  # rsqrt: lr = learning_rate / sqrt(max(step, warmup_steps)); 1.0 gives T5X's 0.01 flat.
+  # warmup_rsqrt: lr = learning_rate * min(t^-1/2, t / warmup_steps^1.5), t = step + 1.
+  # constant: lr = learning_rate (T5 finetuning: 0.001).
+  # cosine: linear warm-up to learning_rate over warmup_steps, then cosine
+  #   decay to end_learning_rate at total_steps.
+  learning_rate: float = 1.0
+  warmup_steps: int = 10_000
+  total_steps: int | None = None
+  end_learning_rate: float = 0.0
+  clip_grad_norm: float | None = None  # global-norm clipping before the optimizer
+  # Adafactor (T5 / mesh-tf settings).
+  decay_rate: float = 0.8  # beta2_t = 1 - (step + 1)^-0.8
+  clipping_threshold: float | None = 1.0  # update clipping by RMS
+  multiply_by_parameter_scale: bool = True
+  min_dim_size_to_factor: int = 128
+  epsilon1: float = 1e-30  # added to squared gradients
+  epsilon2: float = 1e-3  # floor of the parameter-scale RMS
+  momentum: float | None = None
+  # AdamW.
+  b1: float = 0.9
+  b2: float = 0.999
+  adam_eps: float = 1e-8
+  weight_decay: float = 0.0
+
+  def __post_init__(self):
+    if self.name not in OPTIMIZERS:
+      raise ValueError(f"OptimizerConfig.name={self.name!r}: expected one of {OPTIMIZERS}.")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: expected one of {SCHEDULES}.")
+    if self.schedule == "cosine" and not self.total_steps:
+      raise ValueError("OptimizerConfig: schedule='cosine' needs total_steps.")
+
+
+def rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
+  """T5X 'constant * rsqrt_decay': base / sqrt(max(step, warmup_steps))."""
+  warmup = max(warmup_steps, 1)
+  return lambda step: base * jnp.asarray(jnp.maximum(step, warmup), jnp.float32) ** -0.5
+
+
+def warmup_rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
+  """The seed document's eta0 * min(t^-1/2, t / warmup^1.5), t = step + 1.
+
+  t counts from 1 so the first update is not multiplied by zero.
+  """
+  w = float(max(warmup_steps, 1))
+
+  def schedule(step):
+    t = jnp.asarray(step, jnp.float32) + 1.0
+    return base * jnp.minimum(t ** -0.5, t / w ** 1.5)
+  return schedule
+
+
+def constant_schedule(base: float) -> Callable:
+  return lambda step: jnp.full_like(jnp.asarray(step, jnp.float32), base)
+
+
+def cosine_schedule(base: float, warmup_steps: int, total_steps: int, end: float = 0.0) -> Callable:
+  """Linear warm-up base*step/warmup, then end + (base-end)*(1+cos(pi*progress))/2."""
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = base * step / max(warmup_steps, 1)
+    progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    decayed = end + (base - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    return jnp.where(step < warmup_steps, warm, decayed)
+  return schedule
+
+
+def make_schedule(config: OptimizerConfig) -> Callable:
+  if config.schedule == "rsqrt":
+    return rsqrt_schedule(config.learning_rate, config.warmup_steps)
+  if config.schedule == "warmup_rsqrt":
+    return warmup_rsqrt_schedule(config.learning_rate, config.warmup_steps)
+  if config.schedule == "constant":
+    return constant_schedule(config.learning_rate)
+  return cosine_schedule(config.learning_rate, config.warmup_steps, config.total_steps,
+                         config.end_learning_rate)
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+  schedule = make_schedule(config)
+  if config.name == "adafactor":
+    tx = optax.adafactor(
+        learning_rate=schedule, min_dim_size_to_factor=config.min_dim_size_to_factor,
+        decay_rate=config.decay_rate, multiply_by_parameter_scale=config.multiply_by_parameter_scale,
+        clipping_threshold=config.clipping_threshold, momentum=config.momentum,
+        eps=config.epsilon1, factored=True)
+    if config.multiply_by_parameter_scale and config.epsilon2 != 1e-3:
+      raise ValueError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
+  else:
+    tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.adam_eps,
+                     weight_decay=config.weight_decay)
+  if config.clip_grad_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
+  return tx
