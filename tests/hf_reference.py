@@ -13,7 +13,8 @@ def hf_model(seed=0, **overrides):
   """An HF T5ForConditionalGeneration with random weights (HF's init; norms jittered
   away from 1 so that a misplaced norm scale shows)."""
   kwargs = dict(vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0)
+                feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0,
+                decoder_start_token_id=0)
   kwargs.update(overrides)
   torch.manual_seed(seed)
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**kwargs)).eval()

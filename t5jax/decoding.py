@@ -1,0 +1,269 @@
+"""Cached decoding: greedy, temperature / top-k / top-p sampling, beam search, scoring.
+
+    out = decode(params, model_config, encoder_input_tokens,
+                 DecodeConfig(method="beam", num_beams=4, alpha=0.6))
+    out.tokens  # [batch, num_decodes, max_decode_length], 0 after EOS
+    out.scores  # [batch, num_decodes]: log-probability (beam: length-penalised)
+
+The encoder runs once; the decoder runs one token per step against the
+model's key/value cache (`t5jax.model.init_cache`), inside one jitted
+`lax.while_loop` that stops early when every sequence has emitted EOS. Beam
+search uses T5X's length penalty `((5 + len) / 6) ** alpha`. Only jax/flax/numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from t5jax.config import T5Config
+from t5jax.model import T5, init_cache
+
+NEG_INF = -1e10
+METHODS = ("greedy", "sample", "beam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  method: str = "greedy"  # "greedy", "sample" or "beam"
+  max_decode_length: int = 64  # new tokens, EOS included
+  num_decodes: int = 1  # samples per input (sample) or beams returned (beam)
+  num_beams: int = 4
+  alpha: float = 0.6  # beam length penalty exponent; 0 turns it off
+  temperature: float = 1.0
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1.0: off
+  no_repeat_ngram_size: int = 0  # 0: off; as HF's no_repeat_ngram_size
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"DecodeConfig.method={self.method!r}: expected one of {METHODS}.")
+    if self.max_decode_length < 1:
+      raise ValueError(f"DecodeConfig.max_decode_length={self.max_decode_length}: must be >= 1 "
+                       "(it counts new tokens, EOS included).")
+    if self.method == "beam" and not 1 <= self.num_decodes <= self.num_beams:
+      raise ValueError(f"num_decodes={self.num_decodes} beams cannot exceed "
+                       f"num_beams={self.num_beams}.")
+    if self.num_decodes < 1 or self.num_beams < 1 or self.top_k < 0:
+      raise ValueError("num_decodes and num_beams must be >= 1 and top_k >= 0.")
+    if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
+      raise ValueError(f"top_p={self.top_p} must be in (0, 1] and temperature="
+                       f"{self.temperature} >= 0.")
+
+
+class DecodeOutput(NamedTuple):
+  tokens: jax.Array  # [batch, num_decodes, max_decode_length] int32
+  scores: jax.Array  # [batch, num_decodes] float32
+
+
+def brevity_penalty(alpha: float, length):
+  """T5X / Google NMT: ((5 + length) / 6) ** alpha."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+# ----------------------------------------------------------------------------
+# Logit processing (all on [batch, vocab] float32 log-probs / logits).
+
+def banned_ngram_mask(seqs, cur_len, n: int, vocab_size: int):
+  """True where a token would repeat an n-gram already in seqs[:, :cur_len].
+
+  seqs holds the decoder start token at 0, as HF's input_ids do.
+  """
+  batch, length = seqs.shape
+  num = length - n + 1  # candidate n-gram start positions
+  if num <= 0:
+    return jnp.zeros((batch, vocab_size), bool)
+  # An n-gram starting at j already exists if it ends before cur_len; the
+  # next token repeats it if the last n-1 tokens equal its first n-1.
+  match = ((jnp.arange(num) + n - 1 < cur_len) & (cur_len >= n))[None, :]
+  if n > 1:
+    start = jnp.maximum(cur_len - n + 1, 0)
+    suffix = jax.lax.dynamic_slice_in_dim(seqs, start, n - 1, axis=1)
+    for i in range(n - 1):
+      match = match & (seqs[:, i:i + num] == suffix[:, i:i + 1])
+  next_tokens = seqs[:, n - 1:n - 1 + num]
+  banned = jnp.zeros((batch, vocab_size), bool)
+  return banned.at[jnp.arange(batch)[:, None], next_tokens].max(match)
+
+
+def top_k_top_p(logits, top_k: int, top_p: float):
+  """Keeps the top_k largest and the smallest set with probability >= top_p."""
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # A token stays if the mass before it is < top_p (the first always stays).
+    keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, NEG_INF, logits)
+  return logits
+
+
+# ----------------------------------------------------------------------------
+# The decoder step shared by all methods.
+
+def _model_step(model: T5, params, encoder_tokens, encoded):
+  """step(cache, tokens [n], first) -> (log-probs [n, vocab], cache).
+
+  The first step passes the encoder output, which the cross-attention layers
+  project once into the cache; later steps read it back.
+  """
+  def step(cache, tokens, first: bool):
+    logits, mutated = model.apply({"params": params, "cache": cache},
+                                  encoded if first else None, encoder_tokens, tokens[:, None],
+                                  decode=True, mutable=["cache"], method=T5.decode)
+    return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)), mutated["cache"]
+  return step
+
+
+def _process(log_probs, seqs, cur_len, cfg: DecodeConfig):
+  if cfg.no_repeat_ngram_size:
+    banned = banned_ngram_mask(seqs, cur_len, cfg.no_repeat_ngram_size, log_probs.shape[-1])
+    log_probs = jnp.where(banned, NEG_INF, log_probs)
+  return log_probs
+
+
+def _start_seqs(shape, start_id, pad_id):
+  """seqs[..., 0] is the decoder start token; seqs[..., t + 1] the t-th new token."""
+  return jnp.full(shape, pad_id, jnp.int32).at[..., 0].set(start_id)
+
+
+def sample_loop(step, cache, batch: int, rng, cfg: DecodeConfig, *, eos_id=1, pad_id=0,
+                start_id=0) -> DecodeOutput:
+  """Greedy (method 'greedy' or temperature 0) or sampled decoding of `batch` rows."""
+  length = cfg.max_decode_length
+  greedy = cfg.method == "greedy" or cfg.temperature == 0
+
+  def advance(t, seqs, cache, done, score, rng, first=False):
+    log_probs, cache = step(cache, seqs[:, t], first)
+    log_probs = _process(log_probs, seqs, t + 1, cfg)
+    rng, key = jax.random.split(rng)
+    if greedy:
+      token = jnp.argmax(log_probs, axis=-1)
+    else:
+      logits = top_k_top_p(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
+      token = jax.random.categorical(key, logits, axis=-1)
+    token_lp = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+    token = jnp.where(done, pad_id, token)
+    score = score + jnp.where(done, 0.0, token_lp)
+    return t + 1, seqs.at[:, t + 1].set(token), cache, done | (token == eos_id), score, rng
+
+  state = (0, _start_seqs((batch, length + 1), start_id, pad_id), cache,
+           jnp.zeros(batch, bool), jnp.zeros(batch), rng)
+  state = advance(*state, first=True)  # outside the loop: see _model_step
+  state = jax.lax.while_loop(lambda s: (s[0] < length) & ~jnp.all(s[3]),
+                             lambda s: advance(*s), state)
+  return DecodeOutput(state[1][:, None, 1:], state[4][:, None])
+
+
+def _gather_beams(tree, indices, batch_beams):
+  """Reorders every batch-leading array of a cache by flat beam indices."""
+  return jax.tree.map(
+      lambda x: x[indices] if x.ndim and x.shape[0] == batch_beams else x, tree)
+
+
+def beam_search(step, cache, batch: int, cfg: DecodeConfig, *, eos_id=1, pad_id=0,
+                start_id=0) -> DecodeOutput:
+  """Beam search over `batch` inputs, each with cfg.num_beams rows in `cache`.
+
+  Finished hypotheses are scored log p / ((5 + len) / 6) ** alpha (T5X); the
+  search stops when no alive beam can beat the worst finished one.
+  """
+  k, length = cfg.num_beams, cfg.max_decode_length
+  seqs = _start_seqs((batch, k, length + 1), start_id, pad_id)
+  alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
+  fin_seqs, fin_scores = seqs, jnp.full((batch, k), NEG_INF)
+
+  def advance(t, seqs, alive_lp, fin_seqs, fin_scores, cache, first=False):
+    """Extends every alive beam by one token (written at index t + 1)."""
+    log_probs, cache = step(cache, seqs[:, :, t].reshape(-1), first)
+    vocab = log_probs.shape[-1]
+    log_probs = _process(log_probs, seqs.reshape(batch * k, -1), t + 1, cfg)
+    cand = (alive_lp[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
+    # 2k candidates: enough to keep k alive even if k of them end in EOS.
+    top_lp, top_idx = jax.lax.top_k(cand, 2 * k)
+    parent, token = top_idx // vocab, top_idx % vocab
+    cand_seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1).at[:, :, t + 1].set(token)
+    is_eos = token == eos_id
+    # As HF: an EOS candidate finishes only if it ranks in the top k.
+    new_fin = jnp.where(is_eos & (jnp.arange(2 * k) < k)[None],
+                        top_lp / brevity_penalty(cfg.alpha, t + 1), NEG_INF)
+    fin_scores, idx = jax.lax.top_k(jnp.concatenate([fin_scores, new_fin], axis=1), k)
+    fin_seqs = jnp.take_along_axis(jnp.concatenate([fin_seqs, cand_seqs], axis=1),
+                                   idx[:, :, None], axis=1)
+    alive_lp, idx = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_lp), k)
+    seqs = jnp.take_along_axis(cand_seqs, idx[:, :, None], axis=1)
+    beam_parent = jnp.take_along_axis(parent, idx, axis=1)
+    flat_parent = (jnp.arange(batch)[:, None] * k + beam_parent).reshape(-1)
+    return t + 1, seqs, alive_lp, fin_seqs, fin_scores, _gather_beams(cache, flat_parent,
+                                                                      batch * k)
+
+  def not_done(state):
+    t, _, alive_lp, _, fin_scores, _ = state
+    # Alive log-probs only fall as tokens are added; with alpha > 0 the
+    # penalty can lift them, at most up to the maximum length's penalty.
+    best_alive = alive_lp[:, 0] / brevity_penalty(cfg.alpha, length if cfg.alpha > 0 else t)
+    return (t < length) & jnp.any(best_alive > fin_scores[:, -1])
+
+  state = advance(0, seqs, alive_lp, fin_seqs, fin_scores, cache, first=True)
+  t, seqs, alive_lp, fin_seqs, fin_scores, _ = jax.lax.while_loop(
+      not_done, lambda s: advance(*s), state)
+  # Beams still alive at the length limit compete with the finished ones.
+  alive_scores = jnp.where(alive_lp > NEG_INF / 2, alive_lp / brevity_penalty(cfg.alpha, t),
+                           NEG_INF)
+  scores, idx = jax.lax.top_k(jnp.concatenate([fin_scores, alive_scores], axis=1), cfg.num_decodes)
+  seqs = jnp.take_along_axis(jnp.concatenate([fin_seqs, seqs], axis=1), idx[:, :, None], axis=1)
+  return DecodeOutput(_pad_after_eos(seqs[:, :, 1:], eos_id, pad_id), scores)
+
+
+def _pad_after_eos(tokens, eos_id, pad_id):
+  after = jnp.cumsum(tokens == eos_id, axis=-1) - (tokens == eos_id) > 0
+  return jnp.where(after, pad_id, tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cfg"))
+def _decode_jit(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
+  model = T5(config)
+  copies = cfg.num_beams if cfg.method == "beam" else cfg.num_decodes
+  batch = encoder_tokens.shape[0]
+  encoder_tokens = jnp.repeat(encoder_tokens, copies, axis=0)
+  encoded = model.apply({"params": params}, encoder_tokens, method=T5.encode)
+  cache = init_cache(config, batch * copies, cfg.max_decode_length, encoder_tokens.shape[1])
+  step = _model_step(model, params, encoder_tokens, encoded)
+  ids = dict(eos_id=config.eos_token_id, pad_id=config.pad_token_id,
+             start_id=config.decoder_start_token_id)
+  if cfg.method == "beam":
+    return beam_search(step, cache, batch, cfg, **ids)
+  out = sample_loop(step, cache, batch * copies, rng, cfg, **ids)
+  return DecodeOutput(out.tokens.reshape(batch, copies, -1), out.scores.reshape(batch, copies))
+
+
+def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = DecodeConfig(),
+           rng=None) -> DecodeOutput:
+  """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options."""
+  tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
+  if tokens.ndim != 2 or tokens.shape[1] == 0:
+    raise ValueError(f"encoder_input_tokens must be [batch, length>0], got {tokens.shape}.")
+  if rng is None:
+    rng = jax.random.PRNGKey(0)
+  return _decode_jit(params, tokens, rng, config.replace(dropout_rate=0.0), cfg)
+
+
+def score_targets(params, config: T5Config, encoder_input_tokens, decoder_target_tokens):
+  """Sum of log p(target token) per sequence, up to and including EOS (0 = padding)."""
+  targets = jnp.asarray(decoder_target_tokens, jnp.int32)
+  inputs = jnp.concatenate(
+      [jnp.full_like(targets[:, :1], config.decoder_start_token_id), targets[:, :-1]], axis=1)
+  logits = T5(config).apply({"params": params}, jnp.asarray(encoder_input_tokens), inputs)
+  log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+  return jnp.sum(jnp.where(targets > 0, log_probs, 0.0), axis=-1)
+
+
+__all__ = ["DecodeConfig", "DecodeOutput", "decode", "score_targets", "brevity_penalty",
+           "banned_ngram_mask", "top_k_top_p"]
