@@ -7,6 +7,8 @@ batches an uninterrupted one would; each process takes its rows of it.
 import numpy as np
 
 VOCAB = 128
+# Per-executable XLA options: ~4x faster CPU compiles of the tiny model, same maths.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def make_batch(step: int, batch_size: int = 16, input_len: int = 12, target_len: int = 8,

@@ -1,11 +1,13 @@
 """Sharded training equals single-device training; bad meshes fail clearly."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from synthetic_batches import make_batch
+from synthetic_batches import FAST_COMPILE, make_batch
 from t5jax import partitioning as pt
 from t5jax.config import get_config
 from t5jax.losses import LossConfig
@@ -20,6 +22,12 @@ CONFIG = get_config("tiny", vocab_size=128, dropout_rate=0.1)
 OPT = OptimizerConfig(learning_rate=0.05, schedule="constant", min_dim_size_to_factor=32)
 
 
+@functools.lru_cache(maxsize=None)
+def initial_params(config):
+  init = jax.jit(lambda: init_params(config, jax.random.PRNGKey(0)), compiler_options=FAST_COMPILE)
+  return jax.device_get(init())
+
+
 def run_steps(mesh_config, devices=None, num_steps=3, microbatches=1, batch_size=16,
               opt=OPT, config=CONFIG):
   mesh = pt.make_mesh(mesh_config, devices)
@@ -27,9 +35,10 @@ def run_steps(mesh_config, devices=None, num_steps=3, microbatches=1, batch_size
   tx = make_optimizer(opt)
   _, sh = state_shardings(mesh, config, rule_set, tx)
   compiled = jit_steps(mesh, rule_set, sh, make_train_step(config, tx, LossConfig(), None,
-                                                           microbatches))
-  params = init_params(config, jax.random.PRNGKey(0))
-  state = create_state(config, tx, mesh, rule_set, sh, params=params)
+                                                           microbatches),
+                       compiler_options=FAST_COMPILE)
+  state = create_state(config, tx, mesh, rule_set, sh, params=initial_params(config),
+                       compiler_options=FAST_COMPILE)
   losses = []
   for step in range(num_steps):
     batch = pt.global_batch(make_batch(step, batch_size), mesh, rule_set)

@@ -1,0 +1,259 @@
+"""The training loop: mesh -> state -> resume -> steps -> checkpoints, in that order.
+
+    result = train(get_config("tiny"), TrainConfig(run_dir="/tmp/run", num_steps=100,
+                   batch_size=32), data_fn)
+
+`data_fn(start_step)` returns an iterator over this process's numpy batches
+for steps start_step, start_step + 1, ...; with P processes each yields
+batch_size / P rows. Everything else (resume, preemption, metrics) is here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from t5jax import checkpoints, flops, losses, optim, partitioning, train_step as steps
+from t5jax.metrics import MetricsWriter
+from t5jax.model import init_params as model_init_params
+
+DataFn = Callable[[int], Iterator[dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  run_dir: str
+  num_steps: int
+  batch_size: int  # global, in sequences
+  microbatches: int = 1  # gradient accumulation: batch_size / microbatches per forward
+  seed: int = 0  # parameter init and dropout
+  mesh: partitioning.MeshConfig = partitioning.MeshConfig()
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
+  loss: losses.LossConfig = losses.LossConfig()
+  checkpoint: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig()
+  log_every: int = 10
+  eval_every: int = 0  # 0: no eval; else needs eval_data_fn
+  on_nonfinite: str = "stop"  # 'stop': halt naming the step; 'skip': skip that update
+  peak_flops: float | None = None  # per device; None: known default or measured
+  tensorboard: bool = True
+  handle_signals: bool = True  # SIGTERM/SIGINT: finish the step, save, return
+  compiler_options: dict | None = None  # XLA options for the jitted steps (see jit_steps)
+
+  def __post_init__(self):
+    if self.on_nonfinite not in ("stop", "skip"):
+      raise ValueError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r}: 'stop' or 'skip'.")
+    if self.batch_size % self.microbatches:
+      raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
+                       f"microbatches={self.microbatches}.")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: Any
+  step: int
+  history: list  # one dict of host metrics per step run in this call
+  stopped: str  # 'done', 'preempted' or 'nonfinite'
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           local_device_ids: list[int] | None = None) -> None:
+  """jax.distributed.initialize from arguments, else T5JAX_COORDINATOR /
+  T5JAX_NUM_PROCESSES / T5JAX_PROCESS_ID, else jax's own cluster detection
+  (SLURM, TPU pods, ...). A no-op for a single process with nothing set."""
+  env = os.environ
+  coordinator_address = coordinator_address or env.get("T5JAX_COORDINATOR")
+  if num_processes is None and "T5JAX_NUM_PROCESSES" in env:
+    num_processes = int(env["T5JAX_NUM_PROCESSES"])
+  if process_id is None and "T5JAX_PROCESS_ID" in env:
+    process_id = int(env["T5JAX_PROCESS_ID"])
+  if coordinator_address is None and num_processes is None:
+    if any(k in env for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")):
+      jax.distributed.initialize()
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids)
+
+
+class _SignalFlag:
+  """Records SIGTERM/SIGINT so the loop can finish its step, save and return."""
+
+  def __init__(self, enabled: bool):
+    self.received = None
+    self._old = {}
+    if enabled:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+          self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread
+          pass
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def create_state(model_config, tx, mesh, rule_set, state_sh, seed: int = 0, params=None,
+                 compiler_options: dict | None = None):
+  """A sharded TrainState: fresh init (inside jit, directly into its shards) or given params."""
+  if params is None:
+    make = lambda: steps.init_state(model_init_params(model_config, jax.random.PRNGKey(seed)), tx)
+    return jax.jit(make, out_shardings=state_sh, compiler_options=compiler_options)()
+  params = jax.device_put(params, state_sh.params)
+  return jax.jit(lambda p: steps.init_state(p, tx), in_shardings=(state_sh.params,),
+                 out_shardings=state_sh, compiler_options=compiler_options)(params)
+
+
+def _abstract_with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _any_process(flag: bool) -> bool:
+  """True if any process saw `flag` (signals reach hosts at different steps)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def train(model_config, config: TrainConfig, data_fn: DataFn, *,
+          init_params=None, eval_data_fn: Callable[[], Iterator[dict]] | None = None,
+          verbose: bool = True) -> TrainResult:
+  """Trains to config.num_steps, resuming from config.run_dir if it has checkpoints.
+
+  init_params: float32 params (e.g. an imported pretrained checkpoint) to
+  finetune from; ignored when the run directory already has a checkpoint.
+  """
+  say = (lambda *a: print(*a, flush=True)) if verbose and jax.process_index() == 0 else (lambda *a: None)
+
+  # 1. Mesh, rules and the optimizer.
+  mesh = partitioning.make_mesh(config.mesh)
+  rule_set = partitioning.rules(config.mesh.rules)
+  per_shard = config.batch_size // config.microbatches
+  if per_shard % partitioning.batch_divisor(mesh, rule_set):
+    raise ValueError(
+        f"batch_size/microbatches = {per_shard} is not divisible by the "
+        f"{partitioning.batch_divisor(mesh, rule_set)} batch shards of mesh {dict(mesh.shape)}.")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} not divisible by "
+                     f"{jax.process_count()} processes.")
+  tx = optim.make_optimizer(config.optimizer)
+  schedule = optim.make_schedule(config.optimizer)
+
+  # 2. Shardings, the start-up printout and the jitted steps.
+  abstract, state_sh = steps.state_shardings(mesh, model_config, rule_set, tx)
+  say(partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
+                            state_sh.opt_state))
+  step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
+                                  skip_nonfinite=config.on_nonfinite == "skip")
+  eval_fn = steps.make_eval_step(model_config, config.loss) if eval_data_fn else None
+  compiled = steps.jit_steps(mesh, rule_set, state_sh, step_fn, eval_fn,
+                             config.compiler_options)
+
+  # 3. Resume from the latest good checkpoint, else initialise.
+  ckpt = checkpoints.Checkpointer(config.run_dir, config.checkpoint, model_config)
+  rng_sh = partitioning.replicated(mesh)
+  base_rng = jax.random.PRNGKey(config.seed)
+  abstract_tree = {"state": _abstract_with_shardings(abstract, state_sh),
+                   "rng": jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rng_sh)}
+  start, restored = ckpt.restore_latest(abstract_tree)
+  if restored is not None:
+    state, base_rng = restored["state"], restored["rng"]
+    say(f"Resumed from {config.run_dir} at step {start}.")
+  else:
+    state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed, init_params,
+                         config.compiler_options)
+    base_rng = jax.device_put(base_rng, rng_sh)
+    start = 0
+    say("Fresh start" + (" from the given params." if init_params is not None else "."))
+
+  # 4. MFU bookkeeping.
+  peak, peak_source = flops.peak_flops_per_device(config.peak_flops, model_config.dtype)
+  say(f"Peak {peak / 1e12:.1f} TFLOP/s per device ({peak_source}).")
+
+  # 5. The loop. Step s consumes batch s with dropout key fold_in(rng, s), so a
+  # resumed run replays exactly what an uninterrupted one would have done.
+  writer = MetricsWriter(config.run_dir, config.num_steps, config.tensorboard,
+                         console=verbose, active=jax.process_index() == 0)
+  signals = _SignalFlag(config.handle_signals)
+  history, stopped, step = [], "done", start
+  data = data_fn(start) if start < config.num_steps else iter(())
+  step_flops = None
+  try:
+    while step < config.num_steps:
+      local = next(data)
+      batch = partitioning.global_batch(local, mesh, rule_set)
+      if step_flops is None:
+        step_flops = flops.train_step_flops(
+            model_config, config.batch_size, batch["encoder_input_tokens"].shape[1],
+            batch["decoder_input_tokens"].shape[1])
+      t0 = time.perf_counter()
+      state, metrics = compiled.train_step(state, batch, jax.random.fold_in(base_rng, step))
+      metrics = jax.device_get(metrics)  # waits for the step: honest step time
+      elapsed = time.perf_counter() - t0
+      step += 1
+      host = {k: float(v) for k, v in metrics.items()}
+      if step > start + 1:  # the first step of a process includes compilation
+        host.update(step_time=elapsed, seq_per_s=config.batch_size / elapsed,
+                    tokens_per_s=host["num_tokens"] / elapsed,
+                    mfu=flops.mfu(step_flops, elapsed, mesh.devices.size, peak))
+      history.append({"step": step, **host})
+
+      if not host["finite"]:
+        if config.on_nonfinite == "stop":
+          stopped = "nonfinite"
+          say(f"Non-finite loss ({host['loss']}) or grad norm ({host['grad_norm']}) at step "
+              f"{step - 1} (the update from batch {step - 1}); stopping. The last good "
+              f"checkpoint is step {ckpt.latest_step()}.")
+          break
+        say(f"Non-finite loss at step {step - 1}: update skipped.")
+
+      eval_metrics = {}
+      if config.eval_every and eval_data_fn and step % config.eval_every == 0:
+        eval_metrics = evaluate(compiled, state.params, eval_data_fn(), mesh, rule_set)
+      if step % config.log_every == 0 or step == config.num_steps or eval_metrics:
+        writer.write(step, {**host, **eval_metrics})
+      if ckpt.should_save(step) or eval_metrics and config.checkpoint.best_metric:
+        ckpt.save(step, {"state": state, "rng": base_rng}, eval_metrics or None)
+      if _any_process(signals.received is not None):
+        stopped = "preempted"
+        ckpt.save(step, {"state": state, "rng": base_rng})
+        ckpt.wait()
+        say(f"Received {signals.received or 'a signal on another process'}: saved step {step} "
+            f"to {config.run_dir}; exiting. Rerun the same command to resume.")
+        break
+    if stopped == "done" and step == config.num_steps and step > start:
+      ckpt.save(step, {"state": state, "rng": base_rng})
+  finally:
+    signals.restore()
+    ckpt.close()
+    writer.close()
+  return TrainResult(state=state, step=step, history=history, stopped=stopped)
+
+
+def evaluate(compiled, params, batches: Iterator[dict], mesh, rule_set) -> dict:
+  """Token-weighted loss/accuracy over every batch of an eval iterator."""
+  total = None
+  for local in batches:
+    stats = jax.device_get(compiled.eval_step(params, partitioning.global_batch(
+        local, mesh, rule_set)))
+    total = stats if total is None else jax.tree.map(np.add, total, stats)
+  if total is None:
+    return {}
+  return {f"eval/{k}": float(v) for k, v in losses.summarize(total).items()}
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "create_state",
+           "initialize_distributed"]

@@ -1,0 +1,110 @@
+"""Schedules and optimizers against their formulas on hand-checked values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from t5jax.optim import OptimizerConfig, make_optimizer, make_schedule
+
+
+def lr(step, **kw):
+  return float(make_schedule(OptimizerConfig(**kw))(step))
+
+
+def test_rsqrt_is_t5x_pretraining_schedule():
+  # 1/sqrt(max(step, 10k)): 0.01 flat for 10k steps, then decays.
+  for step, want in [(0, 0.01), (1, 0.01), (9_999, 0.01), (10_000, 0.01), (40_000, 0.005),
+                     (1_000_000, 0.001)]:
+    assert lr(step, schedule="rsqrt") == pytest.approx(want, rel=1e-6)
+  assert lr(400, schedule="rsqrt", learning_rate=2.0, warmup_steps=100) == pytest.approx(0.1)
+
+
+def test_warmup_rsqrt():
+  # eta0 * min(t^-1/2, t / warmup^1.5), t = step + 1; warmup 100 -> peak 0.1 at t = 100.
+  kw = dict(schedule="warmup_rsqrt", learning_rate=1.0, warmup_steps=100)
+  assert lr(0, **kw) == pytest.approx(1 / 1000)
+  assert lr(49, **kw) == pytest.approx(50 / 1000)
+  assert lr(99, **kw) == pytest.approx(0.1)
+  assert lr(399, **kw) == pytest.approx(0.05)
+
+
+def test_constant():
+  assert lr(0, schedule="constant", learning_rate=1e-3) == pytest.approx(1e-3)
+  assert lr(123_456, schedule="constant", learning_rate=1e-3) == pytest.approx(1e-3)
+
+
+def test_cosine():
+  kw = dict(schedule="cosine", learning_rate=1.0, warmup_steps=10, total_steps=110,
+            end_learning_rate=0.1)
+  assert lr(0, **kw) == 0.0
+  assert lr(5, **kw) == pytest.approx(0.5)
+  assert lr(10, **kw) == pytest.approx(1.0)
+  assert lr(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2) = 0
+  assert lr(110, **kw) == pytest.approx(0.1)
+  assert lr(500, **kw) == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="total_steps"):
+    OptimizerConfig(schedule="cosine")
+
+
+def numpy_adafactor(w, grads, lrs, decay=0.8, eps1=1e-30, eps2=1e-3, clip=1.0):
+  """Adafactor (Shazeer & Stern 2018, Alg. 4 with T5's settings) for one matrix."""
+  w = w.astype(np.float64)
+  r = np.zeros(w.shape[0])
+  c = np.zeros(w.shape[1])
+  for t, (g, lr_t) in enumerate(zip(grads, lrs), start=1):
+    g = g.astype(np.float64)
+    beta2 = 1.0 - t ** -decay
+    g2 = g * g + eps1
+    r = beta2 * r + (1 - beta2) * g2.mean(axis=1)
+    c = beta2 * c + (1 - beta2) * g2.mean(axis=0)
+    v_hat = np.outer(r, c) / r.mean()
+    u = g / np.sqrt(v_hat)
+    u = u / max(1.0, np.sqrt(np.mean(u * u)) / clip)
+    scale = max(eps2, np.sqrt(np.mean(w * w)))
+    w = w - lr_t * scale * u
+  return w
+
+
+def test_adafactor_factored_update_matches_numpy():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(256, 128)).astype(np.float32) * 0.05
+  grads = [rng.normal(size=w.shape).astype(np.float32) * s for s in (1.0, 0.3, 2.0)]
+  tx = make_optimizer(OptimizerConfig(schedule="rsqrt", learning_rate=1.0, warmup_steps=2))
+  state = tx.init(jnp.asarray(w))
+  # The second moments are factored: a row and a column vector, no full matrix.
+  shapes = sorted(x.shape for x in jax.tree.leaves(state) if x.ndim == 1 and x.size > 1)
+  assert shapes == [(128,), (256,)]
+  params = jnp.asarray(w)
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g), state, params)
+    params = optax.apply_updates(params, updates)
+  lrs = [1 / np.sqrt(max(s, 2)) for s in range(3)]
+  np.testing.assert_allclose(params, numpy_adafactor(w, grads, lrs), rtol=1e-5, atol=1e-6)
+
+
+def test_adafactor_unfactored_below_min_dim():
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(64,)).astype(np.float32)
+  g = rng.normal(size=(64,)).astype(np.float32)
+  tx = make_optimizer(OptimizerConfig(schedule="constant", learning_rate=0.01))
+  updates, _ = tx.update(jnp.asarray(g), tx.init(jnp.asarray(w)), jnp.asarray(w))
+  # Step 1: beta2 = 0, so v = g^2 and u = g/|g| = sign(g); rms(u) = 1, no clipping.
+  want = -0.01 * max(1e-3, np.sqrt(np.mean(w * w))) * np.sign(g)
+  np.testing.assert_allclose(updates, want, rtol=1e-5)
+
+
+def test_adamw_first_step_and_global_norm_clipping():
+  g = jnp.asarray([3.0, -4.0])  # global norm 5
+  p = jnp.asarray([1.0, 1.0])
+  tx = make_optimizer(OptimizerConfig(name="adamw", schedule="constant", learning_rate=0.1,
+                                      weight_decay=0.0))
+  updates, _ = tx.update(g, tx.init(p), p)
+  # Bias-corrected first Adam step is -lr * sign(g) (float32 rounding of 1 - b^t).
+  np.testing.assert_allclose(updates, [-0.1, 0.1], rtol=1e-4)
+  # clip_grad_norm chains global-norm clipping in front of the optimizer.
+  tx = make_optimizer(OptimizerConfig(name="adamw", schedule="constant", clip_grad_norm=1.0))
+  assert len(tx.init(p)) == 2
+  clipped, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+  np.testing.assert_allclose(clipped, [0.6, -0.8], rtol=1e-6)
