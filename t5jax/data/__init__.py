@@ -1,0 +1,20 @@
+"""t5jax input pipeline: vocabulary, objectives, seqio tasks, batches.
+
+The only package (with entry points) that imports TensorFlow, seqio and TFDS.
+See docs/data.md for the data flow.
+"""
+
+from t5jax.data.batches import DataNotPreparedError, make_batch_iterator
+from t5jax.data.batches import make_dataset
+from t5jax.data.corpus import CorpusError, default_corpus, load_documents
+from t5jax.data.objectives import OBJECTIVES, iid_noise_mask
+from t5jax.data.objectives import noise_span_to_unique_sentinel
+from t5jax.data.objectives import nonnoise_span_to_unique_sentinel
+from t5jax.data.objectives import objective_preprocessor
+from t5jax.data.objectives import random_spans_helper
+from t5jax.data.objectives import random_spans_noise_mask, sentinel_id
+from t5jax.data.objectives import make_pair_fn, prefix_lm, span_corrupt
+from t5jax.data.tasks import C4_TASK, DEFAULT_CORPUS_TASK, register_c4_task
+from t5jax.data.tasks import register_default_corpus_task
+from t5jax.data.tasks import register_local_corpus_task
+from t5jax.data.vocab import get_vocabulary, train_vocab

@@ -1,0 +1,102 @@
+"""SentencePiece vocabularies: T5's layout, training one, caching it.
+
+T5's vocabulary is a SentencePiece unigram model with pad=0, eos=1, unk=2 and
+no BOS, wrapped by seqio with 100 extra ids <extra_id_0..99> appended after
+the pieces, so that <extra_id_0> is the LAST id (32099 for 32000 pieces).
+The official spiece.model has exactly this layout, so a user can point
+get_vocabulary at it and everything downstream is unchanged.
+"""
+
+import os
+import tempfile
+from typing import Sequence
+
+import seqio
+import sentencepiece as spm
+
+from t5jax.data import corpus as corpus_lib
+
+T5_EXTRA_IDS = 100
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def train_vocab(corpus_files: str | Sequence[str], output_dir: str,
+                vocab_size: int = 32000, *, character_coverage: float = 0.9995,
+                input_sentence_size: int = 2_000_000, seed: int = 0,
+                num_threads: int | None = None) -> str:
+  """Trains a T5-layout SentencePiece unigram model; returns its .model path.
+
+  The result is cached in output_dir under a key made of the corpus content
+  and the training options, so a second call with the same inputs returns at
+  once without retraining.
+
+  Args:
+    corpus_files: text files or directories, one sentence/document per line.
+    output_dir: where the model is written (and looked up on later calls).
+    vocab_size: number of SentencePiece pieces, without the 100 extra ids.
+    character_coverage: fraction of characters covered by single pieces.
+    input_sentence_size: lines sampled for training (caps time and memory).
+    seed: SentencePiece's sampling seed, for reproducible models.
+    num_threads: training threads (default: all cores).
+  """
+  files = corpus_lib.list_corpus_files(corpus_files)
+  key = corpus_lib.fingerprint_files(
+      files, vocab_size, character_coverage, input_sentence_size, seed)
+  prefix = os.path.join(output_dir, f"spm_unigram_{vocab_size}_{key}")
+  if os.path.exists(prefix + ".model"):
+    return prefix + ".model"
+  if all(os.path.getsize(f) == 0 for f in files):
+    raise corpus_lib.CorpusError(
+        f"cannot train a vocabulary on an empty corpus: {files}")
+  os.makedirs(output_dir, exist_ok=True)
+  spm.set_random_generator_seed(seed)
+  # Train into a temporary prefix and rename, so a crash mid-training never
+  # leaves a truncated model that a later run would mistake for a cache hit.
+  with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
+    tmp_prefix = os.path.join(tmp, "spm")
+    try:
+      spm.SentencePieceTrainer.train(
+          input=files, model_prefix=tmp_prefix, vocab_size=vocab_size,
+          model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+          bos_id=-1, character_coverage=character_coverage,
+          input_sentence_size=input_sentence_size,
+          shuffle_input_sentence=True, max_sentence_length=1 << 14,
+          num_threads=num_threads or os.cpu_count() or 1,
+          minloglevel=2)
+    except RuntimeError as e:
+      # Typically "Vocabulary size is too high" on a small corpus.
+      raise corpus_lib.CorpusError(
+          f"SentencePiece training on {files} with vocab_size={vocab_size} "
+          f"failed: {e}. Use a larger corpus or a smaller vocab_size.") from e
+    os.replace(tmp_prefix + ".model", prefix + ".model")
+    os.replace(tmp_prefix + ".vocab", prefix + ".vocab")
+  return prefix + ".model"
+
+
+def get_vocabulary(spm_path: str | None = None, *,
+                   extra_ids: int = T5_EXTRA_IDS, vocab_size: int = 32000,
+                   cache_dir: str | None = None) -> seqio.SentencePieceVocabulary:
+  """Returns a seqio SentencePieceVocabulary with T5's 100 extra ids.
+
+  Args:
+    spm_path: a SentencePiece .model, e.g. T5's official spiece.model. When
+      None, a model with vocab_size pieces is trained (once, then cached) on
+      the default corpus, see corpus.default_corpus.
+    extra_ids: sentinel ids appended after the pieces.
+    vocab_size: pieces to train when spm_path is None.
+    cache_dir: cache for the default corpus and trained model.
+  """
+  if spm_path is None:
+    cache_dir = cache_dir or corpus_lib.DEFAULT_CACHE_DIR
+    spm_path = train_vocab(corpus_lib.default_corpus(cache_dir), cache_dir,
+                           vocab_size=vocab_size)
+  if not os.path.isfile(spm_path):
+    raise FileNotFoundError(
+        f"SentencePiece model {spm_path!r} not found; pass the path of a "
+        ".model file (e.g. T5's spiece.model) or None to train one")
+  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+  if vocab.pad_id != PAD_ID or vocab.eos_id != EOS_ID:
+    raise ValueError(
+        f"{spm_path} has pad={vocab.pad_id} eos={vocab.eos_id}; T5 needs pad=0, "
+        "eos=1, unk=2 (train it with train_vocab)")
+  return vocab
