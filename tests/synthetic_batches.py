@@ -38,3 +38,60 @@ def data_fn(batch_size: int = 16, process_index: int = 0, process_count: int = 1
       yield {k: v[process_index * rows:(process_index + 1) * rows] for k, v in b.items()}
       step += 1
   return fn
+
+
+# --- Running tests/trainer_script.py in subprocesses ---------------------------
+import functools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainer_script.py")
+REPO = os.path.dirname(os.path.dirname(SCRIPT))
+
+
+def script_command(run_dir, *flags):
+  return [sys.executable, SCRIPT, str(run_dir), *map(str, flags)]
+
+
+def script_env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # the script sets its own device count
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def run_script(run_dir, *flags, timeout=240):
+  proc = subprocess.run(script_command(run_dir, *flags), env=script_env(), capture_output=True,
+                        text=True, timeout=timeout)
+  return proc
+
+
+def step_losses(run_dir) -> dict:
+  """step -> loss from metrics.jsonl; a re-run step's later line wins."""
+  out = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      rec = json.loads(line)
+      out[rec["step"]] = rec["loss"]
+  return out
+
+
+def final_params(run_dir) -> dict:
+  import numpy as np
+  with np.load(os.path.join(run_dir, "final_params.npz")) as z:
+    return {k: z[k] for k in z.files}
+
+
+REFERENCE_FLAGS = ("--steps", 8, "--ckpt_every", 2)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_run() -> str:
+  """One uninterrupted 1-process x 8-device run, shared by the tests of a session."""
+  run_dir = tempfile.mkdtemp(prefix="t5jax_reference_")
+  proc = run_script(run_dir, *REFERENCE_FLAGS)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return run_dir
