@@ -98,9 +98,11 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
         shard_info=seqio.ShardInfo(process_index, process_count),
         seed=seed,
         verbose=False)
-  except (AssertionError, tf.errors.NotFoundError, FileNotFoundError) as e:
-    # TFDS signals an unprepared dataset with an AssertionError ("could not
-    # find data in ...") or a DatasetNotFoundError (a FileNotFoundError).
+  except (AssertionError, KeyError, tf.errors.NotFoundError,
+          FileNotFoundError) as e:
+    # TFDS signals an unprepared dataset in several ways: AssertionError
+    # ("could not find data in ..."), KeyError (empty split info, seen when
+    # seqio lists shards), DatasetNotFoundError (a FileNotFoundError).
     if not tfds_names:
       raise
     raise DataNotPreparedError(
@@ -156,5 +158,14 @@ def make_batch_iterator(task_or_mixture_name: str, *, split: str,
       repeat=repeat, process_index=process_index,
       process_count=process_count, data_dir=data_dir)
   ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
+  yielded = False
   for batch in ds.as_numpy_iterator():
+    yielded = True
     yield {k: np.asarray(v, np.int32) for k, v in batch.items()}
+  if not yielded and start_step == 0:
+    # A finite pass that cannot fill one batch would otherwise end silently.
+    raise ValueError(
+        f"{task_or_mixture_name!r} split {split!r} has too few examples for "
+        f"one batch of {batch_size} (shard {process_index} of "
+        f"{process_count}); use a larger corpus, a smaller batch, or "
+        "repeat=True")
