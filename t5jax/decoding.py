@@ -38,6 +38,7 @@ class DecodeConfig:
   top_k: int = 0  # 0: off
   top_p: float = 1.0  # 1.0: off
   no_repeat_ngram_size: int = 0  # 0: off; as HF's no_repeat_ngram_size
+  min_decode_length: int = 0  # EOS is banned before this many new tokens (HF min_new_tokens)
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -122,7 +123,11 @@ def _model_step(model: T5, params, encoder_tokens, encoded):
   return step
 
 
-def _process(log_probs, seqs, cur_len, cfg: DecodeConfig):
+def _process(log_probs, seqs, cur_len, cfg: DecodeConfig, eos_id: int):
+  """seqs[:, :cur_len] is the start token plus the cur_len - 1 tokens made so far."""
+  if cfg.min_decode_length:
+    too_short = cur_len - 1 < cfg.min_decode_length
+    log_probs = log_probs.at[:, eos_id].set(jnp.where(too_short, NEG_INF, log_probs[:, eos_id]))
   if cfg.no_repeat_ngram_size:
     banned = banned_ngram_mask(seqs, cur_len, cfg.no_repeat_ngram_size, log_probs.shape[-1])
     log_probs = jnp.where(banned, NEG_INF, log_probs)
@@ -142,7 +147,7 @@ def sample_loop(step, cache, batch: int, rng, cfg: DecodeConfig, *, eos_id=1, pa
 
   def advance(t, seqs, cache, done, score, rng, first=False):
     log_probs, cache = step(cache, seqs[:, t], first)
-    log_probs = _process(log_probs, seqs, t + 1, cfg)
+    log_probs = _process(log_probs, seqs, t + 1, cfg, eos_id)
     rng, key = jax.random.split(rng)
     if greedy:
       token = jnp.argmax(log_probs, axis=-1)
@@ -184,7 +189,7 @@ def beam_search(step, cache, batch: int, cfg: DecodeConfig, *, eos_id=1, pad_id=
     """Extends every alive beam by one token (written at index t + 1)."""
     log_probs, cache = step(cache, seqs[:, :, t].reshape(-1), first)
     vocab = log_probs.shape[-1]
-    log_probs = _process(log_probs, seqs.reshape(batch * k, -1), t + 1, cfg)
+    log_probs = _process(log_probs, seqs.reshape(batch * k, -1), t + 1, cfg, eos_id)
     cand = (alive_lp[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
     # 2k candidates: enough to keep k alive even if k of them end in EOS.
     top_lp, top_idx = jax.lax.top_k(cand, 2 * k)

@@ -171,3 +171,12 @@ def test_bad_decode_arguments():
   params = init_params(config, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="length>0"):
     decode(params, config, np.zeros((2, 0), np.int32))
+
+
+def test_min_decode_length_matches_hf(model_and_inputs):
+  model, config, params, enc = model_and_inputs
+  ref, _ = _hf_generate(model, enc, max_new_tokens=10, min_new_tokens=6, do_sample=False,
+                        num_beams=1)
+  out = decode(params, config, enc, DecodeConfig(max_decode_length=10, min_decode_length=6))
+  np.testing.assert_array_equal(np.asarray(out.tokens[:, 0]), _pad_to(ref, 10))
+  assert not np.any(np.asarray(out.tokens[:, 0, :6]) == 1)

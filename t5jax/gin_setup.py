@@ -1,0 +1,110 @@
+"""Gin at the edges: finding gin files, parsing bindings, and errors that say how to fix them.
+
+Only entry functions and config dataclasses are configurable (see
+`t5jax.entry`); every one of them can be built in plain Python too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import inspect
+import os
+import re
+
+import gin
+
+# gin_configs/ sits next to the package in a source checkout (pip install -e).
+GIN_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "gin_configs"))
+
+
+class GinError(ValueError):
+  """A gin file or binding that cannot be used; the message says how to fix it."""
+
+
+def all_gin_files(search_paths=()) -> list[str]:
+  """Every .gin file under the search paths and gin_configs/, relative to its root."""
+  found = []
+  for root in [*search_paths, GIN_DIR]:
+    found += [os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "**", "*.gin"),
+                                                           recursive=True)]
+  return sorted(set(found))
+
+
+def find_gin_file(name: str, search_paths=()) -> str:
+  """Resolves a --gin_file argument: as given, then in each search path, then gin_configs/."""
+  candidates = [name] + [os.path.join(root, name) for root in [*search_paths, GIN_DIR]]
+  for path in candidates:
+    if os.path.isfile(path):
+      return os.path.abspath(path)
+  known = all_gin_files(search_paths)
+  close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+  hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+  raise GinError(f"--gin_file={name!r} not found (looked in the current folder, "
+                 f"{', '.join([*search_paths, GIN_DIR])}).{hint} "
+                 f"Shipped files: {', '.join(known)}")
+
+
+def _configurable_names() -> list[str]:
+  names = []
+  for selector in gin.config._REGISTRY._selector_map:  # pylint: disable=protected-access
+    if not selector.startswith("gin."):
+      names += [selector, selector.rsplit(".", 1)[-1]]
+  return sorted(set(names))
+
+
+def _parameter_names(configurable: str) -> list[str]:
+  try:
+    match = gin.config._REGISTRY.get_match(configurable)  # pylint: disable=protected-access
+  except (KeyError, ValueError):
+    return []
+  if match is None:
+    return []
+  target = match.wrapped
+  if inspect.isclass(target):
+    target = target.__init__
+  return [p for p in inspect.signature(target).parameters if p != "self"]
+
+
+def explain(error: Exception) -> str:
+  """Adds 'did you mean' suggestions to gin's error messages."""
+  message = str(error)
+  suggestion = ""
+  unknown = re.search(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'", message)
+  if unknown:
+    name = unknown.group(1).split("/")[-1]
+    close = difflib.get_close_matches(name, _configurable_names(), n=3)
+    suggestion = (f" Did you mean {', '.join(map(repr, close))}?" if close else
+                  f" Known configurables: {', '.join(_configurable_names())}")
+  param = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+  if param:
+    params = _parameter_names(param.group(1))
+    close = difflib.get_close_matches(param.group(2), params, n=3)
+    suggestion = (f" Did you mean {', '.join(map(repr, close))}?" if close else "") + (
+        f" Parameters of {param.group(1)}: {', '.join(params)}")
+  return message.rstrip() + suggestion
+
+
+def parse(gin_files=(), bindings=(), search_paths=()) -> None:
+  """Parses gin files (resolved by find_gin_file) then bindings ('NAME=VALUE')."""
+  for path in [*search_paths, GIN_DIR]:
+    gin.add_config_file_search_path(path)
+  files = [find_gin_file(f, search_paths) for f in gin_files]
+  try:
+    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  except (ValueError, SyntaxError, OSError, TypeError) as e:
+    raise GinError(explain(e)) from None
+
+
+def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Pulls T5X-style `--gin.NAME=VALUE` flags out of argv -> (rest, bindings)."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      binding = arg[len("--gin."):]
+      if "=" not in binding:
+        raise GinError(f"{arg!r}: expected --gin.NAME=VALUE, e.g. --gin.TrainConfig.num_steps=100")
+      bindings.append(binding.replace("=", " = ", 1))
+    else:
+      rest.append(arg)
+  return rest, bindings
