@@ -26,6 +26,11 @@ CONFIGS = {
 }
 
 
+def jit_apply(model):
+  """model.apply under jit: eager op-by-op dispatch is far slower on CPU."""
+  return jax.jit(model.apply, static_argnames=("deterministic", "method"))
+
+
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
 def test_preset_param_counts(name):
   assert count_params(PRESETS[name]) == PAPER_COUNTS[name]
@@ -67,8 +72,8 @@ def test_cached_decoding_matches_full_forward(name):
   model = T5(config)
   params = init_params(config, jax.random.PRNGKey(0))
   enc, dec = _inputs(0)
-  full = model.apply({"params": params}, enc, dec)
-  encoded = model.apply({"params": params}, enc, method=T5.encode)
+  full = jit_apply(model)({"params": params}, enc, dec)
+  encoded = jit_apply(model)({"params": params}, enc, method=T5.encode)
   cache = init_cache(config, batch_size=2, max_decode_length=dec.shape[1],
                      encoder_length=enc.shape[1])
   step = jax.jit(lambda cache, encoded, token: model.apply(
@@ -98,11 +103,12 @@ def test_packed_row_equals_examples_alone(name):
     enc[0, e:e + len(x)], enc_seg[0, e:e + len(x)] = x, seg
     dec[0, d:d + len(y)], dec_seg[0, d:d + len(y)] = y, seg
     e += len(x); d += len(y)
-  packed = model.apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec),
+  apply = jit_apply(model)
+  packed = apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec),
                        jnp.asarray(enc_seg), jnp.asarray(dec_seg))
   d = 0
   for x, y in examples:
-    alone = model.apply({"params": params}, jnp.asarray(x[None]), jnp.asarray(y[None]))
+    alone = apply({"params": params}, jnp.asarray(x[None]), jnp.asarray(y[None]))
     np.testing.assert_allclose(packed[0, d:d + len(y)], alone[0], atol=1e-5, rtol=1e-5)
     d += len(y)
 
@@ -112,8 +118,8 @@ def test_bfloat16_activations_float32_params_and_logits():
   params = init_params(config, jax.random.PRNGKey(2))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   enc, dec = _inputs(2)
-  full = T5(config).apply({"params": params}, enc, dec)
-  half = T5(config.replace(dtype="bfloat16")).apply({"params": params}, enc, dec)
+  full = jit_apply(T5(config))({"params": params}, enc, dec)
+  half = jit_apply(T5(config.replace(dtype="bfloat16")))({"params": params}, enc, dec)
   assert half.dtype == jnp.float32
   # bf16 keeps ~3 significant digits: close, not equal.
   assert np.abs(np.asarray(half - full)).max() < 0.1 * np.abs(np.asarray(full)).max()
@@ -128,8 +134,9 @@ def test_remat_changes_memory_not_gradients(policy):
   def loss(p, cfg):
     return jnp.mean(T5(cfg).apply({"params": p}, enc, dec) ** 2)
 
-  g_plain = jax.grad(loss)(params, config)
-  g_remat = jax.grad(loss)(params, config.replace(remat_policy=policy))
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g_plain = grad(params, config)
+  g_remat = grad(params, config.replace(remat_policy=policy))
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
@@ -138,10 +145,10 @@ def test_dropout_is_active_only_when_not_deterministic():
   config = CONFIGS["v1.0"].replace(dropout_rate=0.5)
   params = init_params(config, jax.random.PRNGKey(4))
   enc, dec = _inputs(4)
-  model = T5(config)
-  a = model.apply({"params": params}, enc, dec)
-  b = model.apply({"params": params}, enc, dec)
-  c = model.apply({"params": params}, enc, dec, deterministic=False,
+  apply = jit_apply(T5(config))
+  a = apply({"params": params}, enc, dec)
+  b = apply({"params": params}, enc, dec)
+  c = apply({"params": params}, enc, dec, deterministic=False,
                   rngs={"dropout": jax.random.PRNGKey(0)})
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
