@@ -196,9 +196,8 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
       local = next(data)
       batch = partitioning.global_batch(local, mesh, rule_set)
       if step_flops is None:
-        step_flops = flops.train_step_flops(
-            model_config, config.batch_size, batch["encoder_input_tokens"].shape[1],
-            batch["decoder_input_tokens"].shape[1])
+        lengths = (batch["encoder_input_tokens"].shape[1], batch["decoder_input_tokens"].shape[1])
+        step_flops = flops.train_step_flops(model_config, config.batch_size, *lengths)
       t0 = time.perf_counter()
       state, metrics = compiled.train_step(state, batch, jax.random.fold_in(base_rng, step))
       metrics = jax.device_get(metrics)  # waits for the step: honest step time
@@ -206,8 +205,11 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
       step += 1
       host = {k: float(v) for k, v in metrics.items()}
       if step > start + 1:  # the first step of a process includes compilation
+        # tokens_per_s counts every encoder + decoder position (what the FLOPs
+        # count); target_tokens_per_s only the real (loss-weighted) targets.
         host.update(step_time=elapsed, seq_per_s=config.batch_size / elapsed,
-                    tokens_per_s=host["num_tokens"] / elapsed,
+                    tokens_per_s=config.batch_size * sum(lengths) / elapsed,
+                    target_tokens_per_s=host["num_tokens"] / elapsed,
                     mfu=flops.mfu(step_flops, elapsed, mesh.devices.size, peak))
       history.append({"step": step, **host})
 
