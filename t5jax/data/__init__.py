@@ -18,3 +18,5 @@ from t5jax.data.tasks import C4_TASK, DEFAULT_CORPUS_TASK, register_c4_task
 from t5jax.data.tasks import register_default_corpus_task
 from t5jax.data.tasks import register_local_corpus_task
 from t5jax.data.vocab import get_vocabulary, train_vocab
+from t5jax.data.glue import GLUE_MIXTURE, GLUE_TASKS, SUPER_GLUE_MIXTURE
+from t5jax.data.glue import SUPER_GLUE_TASKS, register_glue_tasks

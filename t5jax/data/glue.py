@@ -1,0 +1,297 @@
+"""GLUE and SuperGLUE as T5 text-to-text tasks, and their mixtures.
+
+Formats follow T5 (paper appendix D, t5.data.glue_utils): the inputs are
+"<benchmark> <key1>: <value1> <key2>: <value2> ..." with the TFDS feature
+keys in sorted order unless a task fixes them, and the target is the TFDS
+label name ("positive", "not_entailment", "True", ...) or "<unk>" for the
+hidden test labels. The exceptions are T5's too:
+  - stsb: the target is the score rounded to the nearest 0.2, "%.1f";
+  - mnli_matched/mismatched and ax are read as "mnli", axb/axg as "rte";
+  - multirc: fields question, answer, paragraph; HTML tags removed;
+  - wic: fields sentence1, sentence2, word;
+  - record: "record query: ... entities: e1, e2 passage: ..." with the
+    "@highlight" markers joined into sentences, one example per answer;
+  - wsc (wsc.fixed, T5's "simple" form): "wsc: ... *pronoun* ..." ->
+    the referent text, trained on the correct referents only; wsc_eval scores
+    whether the predicted referent matches the candidate (label True/False).
+TFDS names are glue/<task> and super_glue/<task>; the data_dir comes from
+make_batch_iterator(data_dir=...).
+"""
+
+import functools
+import re
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5jax.data import metrics
+from t5jax.data import tasks as tasks_lib
+
+NLI3 = ("entailment", "neutral", "contradiction")
+NLI2 = ("entailment", "not_entailment")
+BOOL = ("False", "True")
+
+# name -> (tfds name, benchmark word, input keys, label names, metric fns,
+#          TFDS split mapping or None)
+_GLUE = {
+    "cola": ("glue/cola", "cola", ("sentence",),
+             ("unacceptable", "acceptable"), [metrics.matthews_corrcoef]),
+    "sst2": ("glue/sst2", "sst2", ("sentence",), ("negative", "positive"),
+             [metrics.accuracy]),
+    "mrpc": ("glue/mrpc", "mrpc", ("sentence1", "sentence2"),
+             ("not_equivalent", "equivalent"), [metrics.f1_and_accuracy]),
+    "qqp": ("glue/qqp", "qqp", ("question1", "question2"),
+            ("not_duplicate", "duplicate"), [metrics.f1_and_accuracy]),
+    "mnli": ("glue/mnli", "mnli", ("hypothesis", "premise"), NLI3,
+             [metrics.accuracy]),
+    "mnli_matched": ("glue/mnli", "mnli", ("hypothesis", "premise"), NLI3,
+                     [metrics.accuracy],
+                     {"validation": "validation_matched",
+                      "test": "test_matched"}),
+    "mnli_mismatched": ("glue/mnli", "mnli", ("hypothesis", "premise"), NLI3,
+                        [metrics.accuracy],
+                        {"validation": "validation_mismatched",
+                         "test": "test_mismatched"}),
+    "qnli": ("glue/qnli", "qnli", ("question", "sentence"), NLI2,
+             [metrics.accuracy]),
+    "rte": ("glue/rte", "rte", ("sentence1", "sentence2"), NLI2,
+            [metrics.accuracy]),
+    "wnli": ("glue/wnli", "wnli", ("sentence1", "sentence2"),
+             ("not_entailment", "entailment"), [metrics.accuracy]),
+    # AX has only a test split with hidden labels; MCC is what GLUE reports.
+    "ax": ("glue/ax", "mnli", ("hypothesis", "premise"), NLI3,
+           [metrics.matthews_corrcoef]),
+}
+_SUPER_GLUE = {
+    "boolq": ("super_glue/boolq", "boolq", ("passage", "question"), BOOL,
+              [metrics.accuracy]),
+    "cb": ("super_glue/cb", "cb", ("hypothesis", "premise"),
+           ("entailment", "contradiction", "neutral"),
+           [metrics.accuracy, metrics.mean_multiclass_f1(3)]),
+    "copa": ("super_glue/copa", "copa",
+             ("choice1", "choice2", "premise", "question"),
+             ("choice1", "choice2"), [metrics.accuracy]),
+    "multirc": ("super_glue/multirc", "multirc",
+                ("question", "answer", "paragraph"), BOOL,
+                [metrics.multirc_f1a_and_em]),
+    "rte": ("super_glue/rte", "rte", ("hypothesis", "premise"), NLI2,
+            [metrics.accuracy]),
+    "wic": ("super_glue/wic", "wic", ("sentence1", "sentence2", "word"), BOOL,
+            [metrics.accuracy]),
+    "axb": ("super_glue/axb", "rte", ("sentence1", "sentence2"), NLI2,
+            [metrics.matthews_corrcoef]),
+    "axg": ("super_glue/axg", "rte", ("hypothesis", "premise"), NLI2,
+            [metrics.accuracy]),
+}
+
+# Training-set sizes, for the examples-proportional mixtures (fixed here so
+# registering a mixture never needs the data).
+TRAIN_SIZES = {
+    "glue_cola": 8551, "glue_sst2": 67349, "glue_mrpc": 3668,
+    "glue_qqp": 363846, "glue_stsb": 5749, "glue_mnli": 392702,
+    "glue_qnli": 104743, "glue_rte": 2490, "glue_wnli": 635,
+    "super_glue_boolq": 9427, "super_glue_cb": 250, "super_glue_copa": 400,
+    "super_glue_multirc": 27243, "super_glue_record": 100730,
+    "super_glue_rte": 2490, "super_glue_wic": 5428, "super_glue_wsc": 259,
+}
+GLUE_TASKS = tuple(f"glue_{n}" for n in (*_GLUE, "stsb"))
+SUPER_GLUE_TASKS = tuple(f"super_glue_{n}" for n in (*_SUPER_GLUE, "record",
+                                                     "wsc", "wsc_eval"))
+GLUE_MIXTURE, SUPER_GLUE_MIXTURE = "glue", "super_glue"
+DEFAULT_RATE_CAP = 2 ** 19
+
+
+# ---------------------------------------------------------------------------
+# Text formats (tf.data maps over raw TFDS examples).
+
+
+def _label_text(label, label_names):
+  # Hidden test labels are -1: T5 writes "<unk>".
+  return tf.cond(label < 0, lambda: tf.constant("<unk>"),
+                 lambda: tf.gather(list(label_names), label))
+
+
+def glue_text(x, benchmark, keys, label_names):
+  parts = [benchmark]
+  for key in keys:
+    parts += [f"{key}:", x[key]]
+  inputs = tf.strings.join(parts, separator=" ")
+  out = {"targets": _label_text(x["label"], label_names)}
+  if benchmark == "multirc":
+    inputs = tf.strings.regex_replace(inputs, "<br>", " ")
+    inputs = tf.strings.regex_replace(inputs, "<(/)?b>", "")
+    for k in ("paragraph", "question", "answer"):
+      out[f"idx/{k}"] = x["idx"][k]
+  else:
+    out["idx"] = x["idx"]
+  out["inputs"] = inputs
+  return out
+
+
+def stsb_text(x):
+  score = tf.round(tf.cast(x["label"], tf.float32) * 5) / 5
+  return {"inputs": tf.strings.join(["stsb sentence1:", x["sentence1"],
+                                     "sentence2:", x["sentence2"]], " "),
+          "targets": tf.strings.as_string(score, precision=1),
+          "idx": x["idx"]}
+
+
+def record_examples(dataset):
+  """One example per answer (or one "<unk>" example when there is none)."""
+  def fn(x):
+    passage = tf.strings.regex_replace(
+        x["passage"], r"(\.|\?|\!|\"|\')\n@highlight\n", r"\1 ")
+    passage = tf.strings.regex_replace(passage, r"\n@highlight\n", ". ")
+    inputs = tf.strings.join(
+        ["record query:", x["query"], "entities:",
+         tf.strings.reduce_join(x["entities"], separator=", "), "passage:",
+         passage], separator=" ")
+    answers = x["answers"]
+    targets = tf.cond(tf.size(answers) > 0, lambda: answers,
+                      lambda: tf.constant(["<unk>"]))
+    n = tf.size(targets)
+    return {"inputs": tf.fill([n], inputs), "targets": targets,
+            "idx/passage": tf.fill([n], x["idx"]["passage"]),
+            "idx/query": tf.fill([n], x["idx"]["query"]),
+            # All gold answers travel with every copy, for ReCoRD's EM/F1.
+            "answers": tf.RaggedTensor.from_row_lengths(
+                tf.tile(targets, [n]), tf.fill([n], n))}
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def wsc_text(x):
+  """T5's simple WSC: mark the pronoun with asterisks, target the referent."""
+  words = tf.strings.split(x["text"], sep=" ")
+  i = tf.clip_by_value(tf.cast(x["span2_index"], tf.int32), 0,
+                       tf.maximum(tf.size(words) - 1, 0))
+  word = words[i]
+  n = tf.minimum(tf.strings.length(x["span2_text"]), tf.strings.length(word))
+  # Keep punctuation glued to the pronoun outside the asterisks ("them.").
+  marked = tf.strings.join(["*", tf.strings.substr(word, 0, n), "*",
+                            tf.strings.substr(word, n, -1)])
+  text = tf.strings.reduce_join(
+      tf.concat([words[:i], [marked], words[i + 1:]], 0), separator=" ")
+  return {"inputs": tf.strings.join(["wsc:", text], separator=" "),
+          "targets": x["span1_text"], "label": x["label"], "idx": x["idx"]}
+
+
+# ---------------------------------------------------------------------------
+# Postprocessors: model text -> what the metrics compare.
+
+
+def _text(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def class_id(label_names):
+  def postprocess(output, example=None, is_target=False):
+    del example, is_target
+    output = _text(output).strip()
+    return label_names.index(output) if output in label_names else -1
+  return postprocess
+
+
+def string_to_float(output, example=None, is_target=False):
+  del example, is_target
+  try:
+    return float(_text(output))
+  except ValueError:
+    return -1.0  # as T5: an unparsable prediction scores as -1
+
+
+def multirc_postprocess(output, example=None, is_target=False):
+  del is_target
+  return {"group": (example["idx/paragraph"], example["idx/question"]),
+          "value": class_id(BOOL)(output)}
+
+
+def record_postprocess(output, example=None, is_target=False):
+  group = (example["idx/passage"], example["idx/query"])
+  if is_target:
+    return {"group": group,
+            "answers": [_text(a) for a in np.asarray(example["answers"])]}
+  return {"group": group, "value": _text(output)}
+
+
+_DETERMINERS = {"a", "an", "few", "her", "his", "each", "every", "many",
+                "much", "my", "our", "some", "that", "the", "their", "these",
+                "this", "those", "which", "whose", "your"}
+
+
+def wsc_referent_match(prediction: str, referent: str) -> bool:
+  """Whether a predicted referent names the candidate, as T5 judges it:
+  lower-cased, determiners dropped, one word set containing the other."""
+  def clean(s):
+    s = re.sub(r"[^\w\s']", " ", s.strip().lower())
+    return {w for w in s.split() if w not in _DETERMINERS}
+  pred, ref = clean(prediction), clean(referent)
+  if ("'" in prediction) != ("'" in referent):  # possessives must agree
+    return False
+  return bool(pred) and bool(ref) and (pred <= ref or ref <= pred)
+
+
+def wsc_postprocess(output, example=None, is_target=False):
+  if is_target:
+    return int(example["label"])
+  return int(wsc_referent_match(_text(output),
+                                _text(example["targets_pretokenized"])))
+
+
+# ---------------------------------------------------------------------------
+# Registration.
+
+
+def _known_splits(tfds_name):
+  if tfds_name == "glue/mnli":
+    return ("train", "validation_matched", "validation_mismatched",
+            "test_matched", "test_mismatched")
+  if tfds_name in ("glue/ax", "super_glue/axb", "super_glue/axg"):
+    return ("test",)
+  return ("train", "validation", "test")
+
+
+def _register(name, vocabulary, tfds_name, text_steps, metric_fns,
+              postprocess_fn, splits=None):
+  tasks_lib.register_task(
+      name,
+      source=tasks_lib.TfdsSource(tfds_name=f"{tfds_name}:*.*.*",
+                                  splits=splits,
+                                  known_splits=_known_splits(tfds_name)),
+      preprocessors=[*text_steps, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=tasks_lib.output_features(vocabulary),
+      postprocess_fn=postprocess_fn, metric_fns=metric_fns)
+
+
+def register_glue_tasks(vocabulary: seqio.Vocabulary, *,
+                        rate_cap: int = DEFAULT_RATE_CAP) -> None:
+  """Registers every GLUE/SuperGLUE task and the `glue`, `super_glue`
+  mixtures (examples-proportional, each task's rate capped at rate_cap)."""
+  for prefix, table in (("glue", _GLUE), ("super_glue", _SUPER_GLUE)):
+    for short, (tfds_name, benchmark, keys, labels, fns, *splits) in \
+        table.items():
+      step = seqio.map_over_dataset(functools.partial(
+          glue_text, benchmark=benchmark, keys=keys, label_names=labels))
+      post = (multirc_postprocess if benchmark == "multirc"
+              else class_id(labels))
+      _register(f"{prefix}_{short}", vocabulary, tfds_name, [step], fns, post,
+                splits[0] if splits else None)
+  _register("glue_stsb", vocabulary, "glue/stsb",
+            [seqio.map_over_dataset(stsb_text)],
+            [metrics.pearson_and_spearman], string_to_float)
+  _register("super_glue_record", vocabulary, "super_glue/record",
+            [record_examples], [metrics.record_em_f1], record_postprocess)
+  positives = lambda ds: ds.filter(lambda x: x["label"] == 1)  # noqa: E731
+  _register("super_glue_wsc", vocabulary, "super_glue/wsc.fixed",
+            [seqio.map_over_dataset(wsc_text), positives], [], None)
+  _register("super_glue_wsc_eval", vocabulary, "super_glue/wsc.fixed",
+            [seqio.map_over_dataset(wsc_text)], [metrics.accuracy],
+            wsc_postprocess)
+  for mixture, names in ((GLUE_MIXTURE, GLUE_TASKS),
+                         (SUPER_GLUE_MIXTURE, SUPER_GLUE_TASKS)):
+    if mixture in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove(mixture)
+    seqio.MixtureRegistry.add(
+        mixture, [(n, min(TRAIN_SIZES[n], rate_cap)) for n in names
+                  if n in TRAIN_SIZES])
