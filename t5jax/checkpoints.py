@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -132,7 +133,9 @@ class Checkpointer:
     errors = []
     for step in reversed(steps):
       try:
-        return step, self.restore(step, abstract_tree)
+        restored = self.restore(step, abstract_tree)
+        self._set_aside(errors)
+        return step, restored
       except ConfigMismatchError:
         raise
       except Exception as e:  # orbax raises various types for unreadable files
@@ -146,6 +149,27 @@ class Checkpointer:
           f"No checkpoint in {self.run_dir}/checkpoints could be restored (tried steps "
           f"{errors}). Move the directory aside to start from scratch.")
     return None, None
+
+  def _set_aside(self, bad_steps: list[int]) -> None:
+    """Renames unreadable newer steps to <step>.corrupt-<time>.
+
+    Otherwise they would stay 'latest' and block re-saving those step numbers;
+    renamed rather than deleted so that nothing is lost without a person looking.
+    """
+    if not bad_steps:
+      return
+    if jax.process_index() == 0:
+      stamp = int(time.time())
+      for step in bad_steps:
+        path = os.path.join(self.run_dir, "checkpoints", str(step))
+        if os.path.isdir(path):
+          os.rename(path, f"{path}.corrupt-{stamp}")
+          print(f"WARNING: moved unreadable checkpoint {path} to {path}.corrupt-{stamp}",
+                flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("t5jax_set_aside_corrupt_checkpoints")
+    self.manager.reload()
 
   def wait(self):
     self.manager.wait_until_finished()

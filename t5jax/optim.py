@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -41,6 +42,10 @@ class OptimizerConfig:
   epsilon1: float = 1e-30  # added to squared gradients
   epsilon2: float = 1e-3  # floor of the parameter-scale RMS
   momentum: float | None = None
+  # Factor 3-D attention kernels [embed, heads, kv] / [heads, kv, embed] as the
+  # 2-D matrix [embed, heads*kv], as T5 (2-D kernels) and T5X's factor rules
+  # do; optax alone would factor none of them (heads, kv < 128).
+  factor_heads_as_matrix: bool = True
   # AdamW.
   b1: float = 0.9
   b2: float = 0.999
@@ -111,9 +116,44 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
         eps=config.epsilon1, factored=True)
     if config.multiply_by_parameter_scale and config.epsilon2 != 1e-3:
       raise ValueError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
+    if config.factor_heads_as_matrix:
+      tx = as_matrices(tx)
   else:
     tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.adam_eps,
                      weight_decay=config.weight_decay)
   if config.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
   return tx
+
+
+def _matrix_shape(shape) -> tuple:
+  """3-D [big, a, b] -> [big, a*b]; [a, b, big] -> [a*b, big]; else unchanged.
+
+  Keeps the largest axis (d_model in T5's attention kernels) and merges the
+  two others (heads, kv), which are adjacent in both layouts.
+  """
+  if len(shape) != 3:
+    return tuple(shape)
+  if shape[0] >= max(shape[1:]):
+    return (shape[0], shape[1] * shape[2])
+  if shape[2] >= max(shape[:2]):
+    return (shape[0] * shape[1], shape[2])
+  return tuple(shape)
+
+
+def as_matrices(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs `inner` on 2-D views of 3-D leaves (see _matrix_shape); other leaves as they are.
+
+  Adafactor's per-tensor parts (update clipping, parameter-scale RMS) do not
+  change under a reshape; only which axes the second moments factor over does.
+  """
+  flat = lambda tree: jax.tree.map(lambda x: x.reshape(_matrix_shape(x.shape)), tree)
+
+  def init(params):
+    return inner.init(flat(params))
+
+  def update(updates, state, params=None):
+    new, state = inner.update(flat(updates), state, None if params is None else flat(params))
+    return jax.tree.map(lambda u, ref: u.reshape(ref.shape), new, updates), state
+
+  return optax.GradientTransformation(init, update)

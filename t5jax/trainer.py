@@ -194,6 +194,11 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   try:
     while step < config.num_steps:
       local = next(data)
+      rows = np.shape(local["encoder_input_tokens"])[0]
+      if rows * jax.process_count() != config.batch_size:
+        raise ValueError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
+                         f"process(es); batch_size={config.batch_size} needs "
+                         f"{config.batch_size // jax.process_count()} per process.")
       batch = partitioning.global_batch(local, mesh, rule_set)
       if step_flops is None:
         lengths = (batch["encoder_input_tokens"].shape[1], batch["decoder_input_tokens"].shape[1])

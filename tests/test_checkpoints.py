@@ -98,8 +98,16 @@ def test_interrupted_save_is_invisible_and_corrupt_latest_falls_back(tmp_path, c
   step, tree = ckpt.restore_latest(abstract(small_tree(0)))
   assert step == 1 and float(tree["state"]["w"][0, 0]) == 1.0
   assert "Checkpoint step 2" in capsys.readouterr().out
+  # The unreadable step is set aside, so step 2 can be written again.
+  assert ckpt.all_steps() == [1]
+  assert any(d.startswith("2.corrupt-") for d in os.listdir(tmp_path / "checkpoints"))
+  assert ckpt.save(2, small_tree(2))
+  ckpt.wait()
+  assert ckpt.restore_latest(abstract(small_tree(0)))[0] == 2
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path), CheckpointConfig(asynchronous=False), TINY)
   # Nothing restorable: a clear error, not a silent fresh start.
-  for root, _, files in os.walk(tmp_path / "checkpoints" / "1" / "state"):
+  for root, _, files in os.walk(tmp_path / "checkpoints"):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")

@@ -108,3 +108,22 @@ def test_adamw_first_step_and_global_norm_clipping():
   assert len(tx.init(p)) == 2
   clipped, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
   np.testing.assert_allclose(clipped, [0.6, -0.8], rtol=1e-6)
+
+
+def test_attention_kernels_are_factored_as_matrices():
+  rng = np.random.default_rng(2)
+  w = rng.normal(size=(256, 4, 32)).astype(np.float32) * 0.05  # [embed, heads, kv]
+  grads = [rng.normal(size=w.shape).astype(np.float32) for _ in range(2)]
+  tx = make_optimizer(OptimizerConfig(schedule="constant", learning_rate=0.01))
+  state = tx.init(jnp.asarray(w))
+  shapes = sorted(x.shape for x in jax.tree.leaves(state) if x.ndim == 1 and x.size > 1)
+  assert shapes == [(128,), (256,)]  # rows over embed, columns over heads*kv
+  params = jnp.asarray(w)
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g), state, params)
+    params = optax.apply_updates(params, updates)
+  want = numpy_adafactor(w.reshape(256, 128), [g.reshape(256, 128) for g in grads], [0.01] * 2)
+  np.testing.assert_allclose(params, want.reshape(w.shape), rtol=1e-5, atol=1e-6)
+  out = jnp.asarray(rng.normal(size=(4, 32, 256)), jnp.float32)  # [heads, kv, embed]
+  assert {x.shape for x in jax.tree.leaves(tx.init(out)) if x.ndim == 1 and x.size > 1} == {
+      (128,), (256,)}
