@@ -130,3 +130,13 @@ def test_keeps_last_k(tmp_path):
   ckpt.wait()
   assert ckpt.all_steps() == [4, 5]
   ckpt.close()
+
+
+def test_keeps_best_by_eval_metric_besides_last_k(tmp_path):
+  config = CheckpointConfig(every_steps=1, keep=1, asynchronous=False, best_metric="eval/loss",
+                            best_mode="min")
+  ckpt = Checkpointer(str(tmp_path), config, TINY)
+  for step, loss in zip((1, 2, 3, 4), (3.0, 1.0, 2.0, 4.0)):
+    ckpt.save(step, small_tree(step), {"eval/loss": loss})
+  assert ckpt.all_steps() == [2, 4]  # the best (lowest loss) and the latest
+  ckpt.close()
