@@ -26,6 +26,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5jax.data import packing
 from t5jax.data import tasks as tasks_lib
 
 
@@ -91,7 +92,7 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
     ds = seqio.get_dataset(
         provider,
         task_feature_lengths=dict(sequence_length),
-        feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+        feature_converter=packing.FastPackEncDecFeatureConverter(pack=pack),
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=None if repeat else 1,
