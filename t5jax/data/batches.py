@@ -112,6 +112,10 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
+  # seqio chains many small per-example maps (EOS, trimming, validation,
+  # feature conversion); fusing them saves tf.data per-element overhead.
+  options.experimental_optimization.map_fusion = True
+  options.experimental_optimization.map_parallelization = True
   return ds.with_options(options)
 
 
