@@ -8,7 +8,7 @@ import pytest
 
 from t5jax import data
 
-from conftest import write_corpus  # noqa: E402  (tests/data helper)
+from data_test_corpus import write_corpus
 
 LENGTHS = {"inputs": 64, "targets": 16}
 

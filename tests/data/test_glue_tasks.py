@@ -86,6 +86,20 @@ def test_every_task_formats_mock_examples(name, registered, mock_tfds):
                          "<unk>")
 
 
+def test_c4_examples_are_span_corrupted(registered, mock_tfds, vocabulary):
+  task = seqio.get_mixture_or_task(data.C4_TASK)
+  ds = task.get_dataset({"inputs": 64, "targets": 16}, split="train",
+                        shuffle=False)
+  sentinel = data.sentinel_id(vocabulary)
+  examples = list(ds.take(3).as_numpy_iterator())
+  assert examples
+  for ex in examples:
+    inputs, targets = ex["inputs"].tolist(), ex["targets"].tolist()
+    assert inputs[-1] == 1 and targets[-1] == 1  # EOS
+    assert targets[0] == sentinel and sentinel in inputs
+    assert len(inputs) <= 64 and len(targets) <= 16
+
+
 def test_c4_and_glue_mixture_make_batches(registered, mock_tfds):
   batch = next(data.make_batch_iterator(
       data.C4_TASK, split="train", sequence_length={"inputs": 64,
