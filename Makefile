@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export USE_TF ?= 0
 
-.PHONY: install test convert-help clean-venv
+RUN_DIR ?= runs/demo
+TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
+
+.PHONY: install test pretrain finetune eval bench bench-data clean-venv
 
 install: $(STAMP)
 
@@ -19,6 +22,22 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The embedded default: offline span-corruption pretraining on CPU (a few minutes).
+# Re-running resumes $(RUN_DIR); `make pretrain RUN_DIR=runs/other` starts afresh.
+pretrain: $(STAMP)
+	$(BIN)/t5jax train --gin_file=demo/pretrain_cpu.gin --run_dir=$(RUN_DIR)
+
+# Finetunes the pretrain checkpoint on GLUE SST-2 (needs glue/sst2 in TFDS_DATA_DIR).
+finetune: $(STAMP)
+	$(BIN)/t5jax train --gin_file=demo/finetune_cpu.gin --run_dir=$(RUN_DIR)_sst2 \
+	  --gin.train.init_checkpoint="'$(RUN_DIR)'" --gin.DataConfig.data_dir="'$(TFDS_DATA_DIR)'"
+
+eval: $(STAMP)
+	$(BIN)/t5jax eval --gin_file=demo/eval_cpu.gin --checkpoint=$(RUN_DIR)
+
+bench-data: $(STAMP)
+	$(BIN)/python benchmarks/bench_data.py
 
 clean-venv:
 	rm -rf $(VENV)

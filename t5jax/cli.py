@@ -1,5 +1,9 @@
 """The `t5jax` command line: one subcommand per job.
 
+    t5jax train --gin_file=FILE [--run_dir=DIR] [--gin.NAME=VALUE ...]
+    t5jax eval  --gin_file=FILE --checkpoint=PATH [--gin.NAME=VALUE ...]
+    t5jax infer --gin_file=FILE --checkpoint=PATH --output=OUT.jsonl [--input_file=F]
+    t5jax vocab CORPUS... --output_dir=DIR [--vocab_size=N]
     t5jax params [PRESET ...]              parameter counts, nothing allocated
     t5jax convert SRC DST [--to hf|t5jax]  checkpoint conversion
 
@@ -52,11 +56,82 @@ def cmd_convert(args) -> int:
   return 0
 
 
+GIN_HELP = """gin:
+  --gin_file=FILE         repeatable; found as given, in --gin_search_paths, or in gin_configs/
+  --gin.NAME=VALUE        a binding, e.g. --gin.TrainConfig.num_steps=1000
+  most used bindings:
+    model_config.preset = 't5.1.1-base'      model_config.<T5Config field> = ...
+    TrainConfig.num_steps / batch_size / microbatches / eval_every / log_every
+    OptimizerConfig.learning_rate / schedule / warmup_steps
+    MeshConfig.data / model / rules ('1d', '2d', 'fsdp')
+    CheckpointConfig.every_steps / keep
+    DataConfig.task / inputs_length / targets_length / data_dir / vocabulary / corpus
+    train.init_checkpoint = 'path'   (finetune from any checkpoint format)
+"""
+
+
+def _gin_command(name: str):
+  """Runs entry function `name` of t5jax.run after parsing gin files and flags."""
+  def run_command(args) -> int:
+    from t5jax import gin_setup, run
+    bindings = list(args.gin_bindings)
+    if getattr(args, "run_dir", None):
+      bindings.insert(0, f"RUN_DIR = {args.run_dir!r}")
+    for flag, target in (("checkpoint", "checkpoint"), ("output", "output"),
+                         ("input_file", "input_file")):
+      if getattr(args, flag, None):
+        bindings.append(f"{name}.{target} = {getattr(args, flag)!r}")
+    search = [p for p in args.gin_search_paths.split(",") if p]
+    import gin
+    gin.clear_config()  # one command, one configuration (matters when called in-process)
+    gin_setup.parse(args.gin_file, bindings, search)
+    try:
+      getattr(run, name)()
+    except RuntimeError as e:  # gin reports unbound gin.REQUIRED arguments this way
+      if "Required bindings" not in str(e):
+        raise
+      raise gin_setup.GinError(f"{e} Bind them in a gin file or with --gin.NAME=VALUE "
+                               f"(see `t5jax {args.command} --help`).") from None
+    return 0
+  return run_command
+
+
+def cmd_vocab(args) -> int:
+  from t5jax.data import train_vocab
+  path = train_vocab(args.corpus, args.output_dir, vocab_size=args.vocab_size)
+  print(f"SentencePiece model: {path}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="t5jax", description="T5 encoder-decoder models in JAX/Flax.",
+      prog="t5jax", description="T5 encoder-decoder models in JAX/Flax.", epilog=GIN_HELP,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  for name, entry, help_text in (
+      ("train", "train", "pretrain or finetune from gin configs (resumes from --run_dir)"),
+      ("eval", "evaluate", "evaluate a checkpoint on a task's eval split"),
+      ("infer", "infer", "decode (or score) inputs from a file or a task split to JSONL")):
+    p = sub.add_parser(name, help=help_text, epilog=GIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gin_file", action="append", default=[], metavar="FILE")
+    p.add_argument("--gin_search_paths", default="", metavar="DIR[,DIR]")
+    p.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING")
+    if name == "train":
+      p.add_argument("--run_dir", help="run directory (binds the RUN_DIR macro)")
+    else:
+      p.add_argument("--checkpoint", help="run directory or checkpoint of any format")
+    if name == "infer":
+      p.add_argument("--output", help="JSONL file to write")
+      p.add_argument("--input_file", help="text (one input per line) or JSONL with 'inputs'")
+    p.set_defaults(run=_gin_command(entry))
+
+  p = sub.add_parser("vocab", help="train a SentencePiece vocabulary (T5 layout) on text files")
+  p.add_argument("corpus", nargs="+", help="text files or folders")
+  p.add_argument("--output_dir", required=True)
+  p.add_argument("--vocab_size", type=int, default=32000, help="pieces (before 100 sentinels)")
+  p.set_defaults(run=cmd_vocab)
 
   p = sub.add_parser("params", help="print parameter counts of presets (no memory used)")
   p.add_argument("presets", nargs="*", help="preset names (default: all)")
@@ -81,10 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  import os
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF (data pipeline only) is chatty
+  from t5jax.gin_setup import split_gin_flags
+  rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
+  args = build_parser().parse_args(rest)
+  if bindings and not hasattr(args, "gin_bindings"):
+    raise SystemExit(f"t5jax {args.command}: --gin.* flags only apply to train, eval and infer.")
+  if hasattr(args, "gin_bindings"):
+    args.gin_bindings = args.gin_bindings + bindings
   try:
     return args.run(args)
-  except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+  except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    # Bad input (files, values, unprepared datasets) is reported in one line;
+    # anything else keeps its traceback.
+    if isinstance(e, RuntimeError) and type(e).__name__ != "DataNotPreparedError":
+      raise
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"t5jax {args.command}: error: {message}", file=sys.stderr)
     return 2

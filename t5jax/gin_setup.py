@@ -87,8 +87,14 @@ def explain(error: Exception) -> str:
 
 def parse(gin_files=(), bindings=(), search_paths=()) -> None:
   """Parses gin files (resolved by find_gin_file) then bindings ('NAME=VALUE')."""
-  for path in [*search_paths, GIN_DIR]:
-    gin.add_config_file_search_path(path)
+  # Search our folders before the current directory: gin would otherwise try
+  # `include 'runs/x.gin'` as a Python package `runs` when ./runs exists (a
+  # run directory) and fail with a TypeError.
+  prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+  for path in reversed([*search_paths, GIN_DIR]):
+    if path in prefixes:
+      prefixes.remove(path)
+    prefixes.insert(0, path)
   files = [find_gin_file(f, search_paths) for f in gin_files]
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)

@@ -18,6 +18,7 @@ from t5jax.config import T5Config
 from t5jax.conversion import hf, t5x
 
 FORMATS = {
+    "run": "t5jax run directory (model_config.json + checkpoints/<step>): latest step",
     "hf": "HF transformers folder: config.json + model.safetensors / pytorch_model.bin",
     "t5jax": "t5jax folder: t5jax_config.json + params/ (orbax)",
     "tf": "original T5 / Mesh TensorFlow checkpoint (model.ckpt-N prefix or its folder)",
@@ -32,6 +33,9 @@ def detect_format(path: str) -> str:
     raise FileNotFoundError(f"Checkpoint path {path!r} does not exist.")
   if os.path.isfile(os.path.join(path, T5JAX_CONFIG)):
     return "t5jax"
+  if os.path.isfile(os.path.join(path, "model_config.json")) and os.path.isdir(
+      os.path.join(path, "checkpoints")):
+    return "run"
   if hf.is_hf_dir(path):
     return "hf"
   if t5x.is_tf_checkpoint(path):
@@ -55,6 +59,8 @@ def load_checkpoint(path: str, format: str | None = None, **overrides) -> tuple[
     return hf.load_hf(path, **overrides)
   if format == "t5jax":
     return load_t5jax(path, **overrides)
+  if format == "run":
+    return load_run_dir(path, **overrides)
   if format == "tf":
     return t5x.load_tf_checkpoint(path, **overrides)
   if format == "t5x":
@@ -81,6 +87,23 @@ def load_t5jax(path: str, **overrides) -> tuple[T5Config, dict]:
   tree = t5x.load_orbax_params(os.path.join(path, "params"))
   check_tree(tree, config, path)
   return config.replace(**overrides) if overrides else config, tree
+
+
+def load_run_dir(run_dir: str, step: int | None = None, **overrides) -> tuple[T5Config, dict]:
+  """Parameters of a training run's latest (or given) complete checkpoint."""
+  from t5jax.conversion.tree import check_tree
+  with open(os.path.join(run_dir, "model_config.json")) as f:
+    config = T5Config(**json.load(f))
+  root = os.path.join(run_dir, "checkpoints")
+  # Only finished steps: orbax writes into a temporary folder and renames it.
+  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"{run_dir} has no complete checkpoint under checkpoints/.")
+  step = steps[-1] if step is None else step
+  tree = t5x.load_orbax_params(os.path.join(root, str(step), "state"))
+  params = tree["state"]["params"]
+  check_tree(params, config, f"{run_dir} step {step}")
+  return config.replace(**overrides) if overrides else config, params
 
 
 def save_checkpoint(path: str, config: T5Config, params: dict, format: str = "hf") -> None:

@@ -1,0 +1,367 @@
+"""Entry functions behind `t5jax train | eval | infer`: gin-configurable, plain Python too.
+
+    from t5jax import run
+    run.train(model=get_config("tiny", vocab_size=8192), data=run.DataConfig(...),
+              trainer=TrainConfig(run_dir="runs/x", num_steps=300, batch_size=16))
+
+Each function reads top to bottom in stages. TensorFlow/seqio are imported
+inside the functions (through t5jax.data), never at module import, so the
+command line starts fast and the core stays TF-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+
+import gin
+import jax
+import numpy as np
+
+from t5jax import trainer as trainer_lib
+from t5jax.config import T5Config, get_config
+from t5jax.decoding import DecodeConfig
+
+DEFAULT_TASK = "default_corpus_span_corruption"
+LOCAL_CORPUS_TASK = "local_corpus"
+
+
+@gin.configurable(module="t5jax")
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which task, its vocabulary, and how examples become batches."""
+
+  task: str = DEFAULT_TASK  # a seqio task or mixture (see `t5jax tasks`)
+  inputs_length: int = 512
+  targets_length: int = 114  # 114 is span corruption's target length for 512 inputs
+  pack: bool = True
+  seed: int = 0
+  data_dir: str | None = None  # TFDS data_dir for C4 / GLUE / SuperGLUE
+  vocabulary: str | None = None  # a SentencePiece model; None: trained on the default corpus
+  vocab_size: int = 32000  # pieces of the vocabulary trained when `vocabulary` is None
+  cache_dir: str | None = None  # default corpus + trained vocabulary cache
+  corpus: tuple[str, ...] = ()  # files/folders for task='local_corpus'
+  doc_per: str = "line"  # local corpus: one document per 'line' or per 'file'
+  objective: str = "span_corruption"  # local / default corpus objective (ablations)
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+  eval_split: str = "validation"
+  eval_batches: int = 4  # batches of the eval split per evaluation
+
+
+@gin.configurable(module="t5jax")
+def model_config(preset: str = "tiny", **overrides) -> T5Config:
+  """A preset (t5jax.config.PRESETS) with any T5Config field overridden."""
+  return get_config(preset, **overrides)
+
+
+def _register_library_configs() -> None:
+  """The config dataclasses of the library modules, configurable by their class names."""
+  from t5jax import checkpoints, losses, optim, partitioning
+  for cls in (trainer_lib.TrainConfig, optim.OptimizerConfig, losses.LossConfig,
+              partitioning.MeshConfig, checkpoints.CheckpointConfig, DecodeConfig):
+    gin.external_configurable(cls, module="t5jax")
+
+
+_register_library_configs()
+
+
+# ----------------------------------------------------------------------------
+# Shared stages.
+
+def prepare_task(data: DataConfig):
+  """(vocabulary, task name): trains/loads the vocabulary, registers the task."""
+  import seqio
+  from absl import logging as absl_logging
+  from t5jax import data as data_lib
+  # seqio warns that function-backed tasks are not cached; ours are by design.
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  vocabulary = data_lib.get_vocabulary(data.vocabulary, vocab_size=data.vocab_size,
+                                       cache_dir=data.cache_dir)
+  objective = dict(objective=data.objective, noise_density=data.noise_density,
+                   mean_noise_span_length=data.mean_noise_span_length)
+  if data.task == DEFAULT_TASK:
+    data_lib.register_default_corpus_task(vocabulary, cache_dir=data.cache_dir, **objective)
+  elif data.task == LOCAL_CORPUS_TASK:
+    if not data.corpus:
+      raise ValueError("DataConfig.task='local_corpus' needs DataConfig.corpus: text files or "
+                       "folders, e.g. --gin.DataConfig.corpus=\"('my_corpus/',)\".")
+    data_lib.register_local_corpus_task(LOCAL_CORPUS_TASK, list(data.corpus), vocabulary,
+                                        doc_per=data.doc_per, **objective)
+  else:
+    data_lib.register_c4_task(vocabulary)
+    data_lib.register_glue_tasks(vocabulary)
+  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+                 | {DEFAULT_TASK, LOCAL_CORPUS_TASK})
+  if data.task not in known:
+    import difflib
+    close = difflib.get_close_matches(data.task, known, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"Unknown task or mixture DataConfig.task={data.task!r}.{hint} "
+                     f"Registered: {', '.join(known)}")
+  return vocabulary, data.task
+
+
+def check_vocabulary(model: T5Config, vocabulary) -> None:
+  if model.vocab_size < vocabulary.vocab_size:
+    raise ValueError(
+        f"The model's vocab_size={model.vocab_size} is smaller than the vocabulary's "
+        f"{vocabulary.vocab_size} ids (pieces + 100 sentinels). Set "
+        f"model_config.vocab_size={-(-vocabulary.vocab_size // 128) * 128} (a multiple of 128).")
+
+
+def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_step: int = 0,
+            train: bool = True, pack: bool | None = None):
+  from t5jax.data import make_batch_iterator
+  return make_batch_iterator(
+      task, split=split, sequence_length={"inputs": data.inputs_length,
+                                          "targets": data.targets_length},
+      batch_size=batch_size, seed=data.seed, start_step=start_step,
+      pack=data.pack if pack is None else pack, shuffle=train, repeat=True,
+      data_dir=data.data_dir)
+
+
+_ARCHITECTURE = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers",
+                 "decoder_layers", "feed_forward_proj", "tie_word_embeddings",
+                 "relative_attention_num_buckets")
+
+
+def load_params(path: str, model: T5Config | None = None):
+  """(config, params) from a run directory or any checkpoint format; checks it fits `model`."""
+  from t5jax.conversion import load_checkpoint
+  config, params = load_checkpoint(path)
+  if model is not None:
+    diff = {k: (getattr(config, k), getattr(model, k)) for k in _ARCHITECTURE
+            if getattr(config, k) != getattr(model, k)}
+    if diff:
+      raise ValueError(f"Checkpoint {path} does not fit the configured model: " + ", ".join(
+          f"{k}={a!r} in the checkpoint vs {b!r} configured" for k, (a, b) in diff.items()))
+    config = model
+  return config, params
+
+
+def write_config(run_dir: str, name: str = "config.gin") -> None:
+  if jax.process_index() == 0:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, name), "w") as f:
+      f.write(gin.operative_config_str() or gin.config_str())
+
+
+# ----------------------------------------------------------------------------
+# train
+
+@gin.configurable(module="t5jax")
+def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin.REQUIRED,
+          data: DataConfig = DataConfig(), init_checkpoint: str | None = None,
+          show_examples: int = 3) -> trainer_lib.TrainResult:
+  """Pretrains or finetunes `model` on `data.task`, resuming from trainer.run_dir."""
+  # 1. Processes, then the task (trains the vocabulary on first use).
+  trainer_lib.initialize_distributed()
+  vocabulary, task = prepare_task(data)
+  check_vocabulary(model, vocabulary)
+
+  # 2. Starting point: pretrained params to finetune from, if any.
+  init_params = load_params(init_checkpoint, model)[1] if init_checkpoint else None
+
+  # 3. Input: training batches from any step (resume), a fixed eval slice.
+  def data_fn(start_step):
+    return batches(data, task, "train", trainer.batch_size, start_step=start_step)
+
+  def eval_data_fn():
+    return itertools.islice(batches(data, task, data.eval_split, trainer.batch_size,
+                                    train=False), data.eval_batches)
+
+  # 4. Train; the config is written first so a crashed run still records it.
+  write_config(trainer.run_dir)
+  result = trainer_lib.train(model, trainer, data_fn, init_params=init_params,
+                             eval_data_fn=eval_data_fn if trainer.eval_every else None)
+  write_config(trainer.run_dir)  # now the operative config (what was actually used)
+  if jax.process_index() != 0:
+    return result
+
+  # 5. Outputs a researcher looks at: curves and a few predictions.
+  from t5jax import plots
+  plot = plots.plot_run(trainer.run_dir)
+  if plot:
+    print(f"Curves: {plot}")
+  if show_examples and result.stopped == "done":
+    params = jax.device_get(result.state.params)
+    print_examples(model, params, vocabulary, data, task, show_examples)
+  return result
+
+
+def print_examples(model: T5Config, params, vocabulary, data: DataConfig, task: str,
+                   count: int) -> None:
+  """Held-out examples: input (with sentinels), target, and the model's greedy output."""
+  from t5jax.decoding import decode
+  batch = next(batches(data, task, data.eval_split, count, train=False, pack=False))
+  out = decode(params, model, batch["encoder_input_tokens"],
+               DecodeConfig(max_decode_length=data.targets_length))
+  text = lambda ids: vocabulary.decode([int(t) for t in ids if t > 0])
+  for i in range(count):
+    print(f"\n--- example {i} ---")
+    print(f"input:      {_clip(text(batch['encoder_input_tokens'][i]))}")
+    print(f"target:     {_clip(text(batch['decoder_target_tokens'][i]))}")
+    print(f"prediction: {_clip(text(np.asarray(out.tokens[i, 0])))}")
+
+
+def _clip(s: str, n: int = 400) -> str:
+  return s if len(s) <= n else s[:n] + " ..."
+
+
+# ----------------------------------------------------------------------------
+# eval
+
+@gin.configurable(module="t5jax")
+def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DataConfig(),
+             batch_size: int = 16, decode_config: DecodeConfig = DecodeConfig(),
+             max_examples: int | None = None, output_dir: str | None = None) -> dict:
+  """Metrics of a checkpoint on data.task's eval split.
+
+  Tasks with seqio metrics (GLUE, SuperGLUE) are decoded and scored by their
+  metric functions; pretraining tasks report teacher-forced loss and token
+  accuracy over data.eval_batches batches.
+  """
+  import seqio
+  vocabulary, task = prepare_task(data)
+  config, params = load_params(checkpoint)
+  check_vocabulary(config, vocabulary)
+  provider = seqio.get_mixture_or_task(task)
+  has_metrics = any(t.metric_fns for t in getattr(provider, "tasks", [provider]))
+  if has_metrics:
+    metrics = seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples)
+  else:
+    metrics = teacher_forced_metrics(config, params, data, task, batch_size)
+  output_dir = output_dir or (checkpoint if os.path.isdir(checkpoint) else ".")
+  if jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "eval.jsonl"), "a") as f:
+      f.write(json.dumps({"checkpoint": checkpoint, "task": task, **metrics}) + "\n")
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+  return metrics
+
+
+def teacher_forced_metrics(config, params, data, task, batch_size) -> dict:
+  from t5jax import losses, train_step
+  eval_step = jax.jit(train_step.make_eval_step(config, losses.LossConfig()))
+  total = None
+  for batch in itertools.islice(batches(data, task, data.eval_split, batch_size, train=False),
+                                data.eval_batches):
+    stats = jax.device_get(eval_step(params, batch))
+    total = stats if total is None else jax.tree.map(np.add, total, stats)
+  return {f"eval/{k}": float(v) for k, v in losses.summarize(total).items()}
+
+
+def seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples) -> dict:
+  import seqio
+  from t5jax.decoding import decode
+  evaluator = seqio.Evaluator(
+      task, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=data.eval_split, sequence_length={"inputs": data.inputs_length,
+                                                   "targets": data.targets_length},
+      num_examples=max_examples)
+  decode_config = dataclasses.replace(decode_config,
+                                      max_decode_length=decode_config.max_decode_length)
+
+  def predict_fn(dataset, *_):
+    out = []
+    for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+      tokens = decode(params, config, features["encoder_input_tokens"], decode_config).tokens
+      for i, row in zip(indices, np.asarray(tokens[:, 0])):
+        out.append((int(i), [int(t) for t in row if t > 0 and t != config.eos_token_id]))
+    return out
+
+  all_metrics, *_ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
+  results = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+  return {f"{name}/{metric}": float(np.asarray(value))
+          for name, task_metrics in results.items() for metric, value in task_metrics.items()}
+
+
+# ----------------------------------------------------------------------------
+# infer
+
+@gin.configurable(module="t5jax")
+def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
+          input_file: str | None = None, data: DataConfig = DataConfig(),
+          split: str = "validation", max_examples: int = 100, batch_size: int = 16,
+          decode_config: DecodeConfig = DecodeConfig(), mode: str = "predict") -> int:
+  """Writes JSONL {inputs, prediction, score} (mode 'predict') or {inputs, targets,
+  score} (mode 'score') for a text/JSONL file of inputs or a task split.
+
+  Inputs longer than data.inputs_length are truncated, with a warning.
+  """
+  from t5jax.decoding import decode, score_targets
+  if mode not in ("predict", "score"):
+    raise ValueError(f"infer mode={mode!r}: 'predict' or 'score'.")
+  vocabulary, task = prepare_task(data)
+  config, params = load_params(checkpoint)
+  check_vocabulary(config, vocabulary)
+  examples = list(read_inputs(input_file, vocabulary, data, task, split, max_examples))
+  if not examples:
+    raise ValueError(f"No inputs to run: {input_file or f'{task}:{split}'} is empty.")
+  truncated = 0
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, "w") as f:
+    for start in range(0, len(examples), batch_size):
+      chunk = examples[start:start + batch_size]
+      enc, n = _pad_rows([vocabulary.encode(e["inputs"]) + [1] for e in chunk],
+                         data.inputs_length)
+      truncated += n
+      if mode == "score":
+        if any("targets" not in e for e in chunk):
+          raise ValueError("infer mode='score' needs a 'targets' field in every input.")
+        dec, _ = _pad_rows([vocabulary.encode(e["targets"]) + [1] for e in chunk],
+                           data.targets_length)
+        scores = np.asarray(score_targets(params, config, enc, dec))
+        for e, s in zip(chunk, scores):
+          f.write(json.dumps({"inputs": e["inputs"], "targets": e["targets"],
+                              "score": float(s)}) + "\n")
+        continue
+      out = decode(params, config, enc, decode_config)
+      for e, toks, score in zip(chunk, np.asarray(out.tokens), np.asarray(out.scores)):
+        preds = [vocabulary.decode([int(t) for t in row if t > 1]) for row in toks]
+        record = {"inputs": e["inputs"], "prediction": preds[0], "score": float(score[0])}
+        if len(preds) > 1:
+          record.update(predictions=preds, scores=[float(s) for s in score])
+        if "targets" in e:
+          record["targets"] = e["targets"]
+        f.write(json.dumps(record) + "\n")
+  if truncated:
+    print(f"warning: {truncated} inputs were longer than DataConfig.inputs_length="
+          f"{data.inputs_length} tokens and were truncated.", file=sys.stderr)
+  print(f"Wrote {len(examples)} records to {output}")
+  return len(examples)
+
+
+def read_inputs(input_file, vocabulary, data, task, split, max_examples):
+  """Dicts with 'inputs' (and maybe 'targets') text from a file or a task split."""
+  if input_file:
+    with open(input_file, encoding="utf-8") as f:
+      lines = [line.rstrip("\n") for line in f if line.strip()]
+    for line in lines[:max_examples]:
+      if input_file.endswith((".jsonl", ".json")):
+        record = json.loads(line)
+        if "inputs" not in record:
+          raise ValueError(f"{input_file}: each JSONL line needs an 'inputs' field: {line[:80]}")
+        yield record
+      else:
+        yield {"inputs": line}
+    return
+  for batch in itertools.islice(batches(data, task, split, 1, train=False, pack=False),
+                                max_examples):
+    text = lambda key: vocabulary.decode([int(t) for t in batch[key][0] if t > 1])
+    yield {"inputs": text("encoder_input_tokens"), "targets": text("decoder_target_tokens")}
+
+
+def _pad_rows(rows, length):
+  out = np.zeros((len(rows), length), np.int32)
+  truncated = 0
+  for i, row in enumerate(rows):
+    if len(row) > length:
+      truncated += 1
+      row = row[:length - 1] + [1]
+    out[i, :len(row)] = row
+  return out, truncated
