@@ -36,6 +36,12 @@ finetune: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/t5jax eval --gin_file=demo/eval_cpu.gin --checkpoint=$(RUN_DIR)
 
+# Speed, measured side by side in one run: t5jax vs HF transformers, and MFU.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_decode.py
+	$(BIN)/python benchmarks/bench_data.py
+
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 

@@ -1,7 +1,7 @@
 """t5jax input pipeline: vocabulary, objectives, seqio tasks, batches.
 
 The only package (with entry points) that imports TensorFlow, seqio and TFDS.
-See docs/data.md for the data flow.
+See docs/design.md for the data flow.
 """
 
 from t5jax.data.batches import DataNotPreparedError, make_batch_iterator
