@@ -50,6 +50,7 @@ class DataConfig:
   mean_noise_span_length: float = 3.0
   eval_split: str = "validation"
   eval_batches: int = 4  # batches of the eval split per evaluation
+  eval_examples: int | None = 256  # examples decoded per evaluation (tasks with metrics)
 
 
 @gin.configurable(module="t5jax")
@@ -174,10 +175,21 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
     return itertools.islice(batches(data, task, data.eval_split, trainer.batch_size,
                                     train=False), data.eval_batches)
 
+  # Tasks with metrics (GLUE, SuperGLUE) are also decoded and scored at each eval.
+  eval_hook = None
+  if trainer.eval_every and _has_metrics(task):
+    if jax.process_count() > 1:
+      print("Decoding evals during training run on one process only; use `t5jax eval`.")
+    else:
+      eval_hook = lambda step, params: seqio_metrics(
+          model, params, data, task, trainer.batch_size,
+          DecodeConfig(max_decode_length=data.targets_length), data.eval_examples)
+
   # 4. Train; the config is written first so a crashed run still records it.
   write_config(trainer.run_dir)
   result = trainer_lib.train(model, trainer, data_fn, init_params=init_params,
-                             eval_data_fn=eval_data_fn if trainer.eval_every else None)
+                             eval_data_fn=eval_data_fn if trainer.eval_every else None,
+                             eval_hook=eval_hook)
   write_config(trainer.run_dir)  # now the operative config (what was actually used)
   if jax.process_index() != 0:
     return result
@@ -225,13 +237,10 @@ def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DataConfig(),
   metric functions; pretraining tasks report teacher-forced loss and token
   accuracy over data.eval_batches batches.
   """
-  import seqio
   vocabulary, task = prepare_task(data)
   config, params = load_params(checkpoint)
   check_vocabulary(config, vocabulary)
-  provider = seqio.get_mixture_or_task(task)
-  has_metrics = any(t.metric_fns for t in getattr(provider, "tasks", [provider]))
-  if has_metrics:
+  if _has_metrics(task):
     metrics = seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples)
   else:
     metrics = teacher_forced_metrics(config, params, data, task, batch_size)
@@ -242,6 +251,12 @@ def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DataConfig(),
       f.write(json.dumps({"checkpoint": checkpoint, "task": task, **metrics}) + "\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))
   return metrics
+
+
+def _has_metrics(task: str) -> bool:
+  import seqio
+  provider = seqio.get_mixture_or_task(task)
+  return any(t.metric_fns for t in getattr(provider, "tasks", [provider]))
 
 
 def teacher_forced_metrics(config, params, data, task, batch_size) -> dict:
@@ -263,8 +278,6 @@ def seqio_metrics(config, params, data, task, batch_size, decode_config, max_exa
       eval_split=data.eval_split, sequence_length={"inputs": data.inputs_length,
                                                    "targets": data.targets_length},
       num_examples=max_examples)
-  decode_config = dataclasses.replace(decode_config,
-                                      max_decode_length=decode_config.max_decode_length)
 
   def predict_fn(dataset, *_):
     out = []
@@ -276,7 +289,7 @@ def seqio_metrics(config, params, data, task, batch_size, decode_config, max_exa
 
   all_metrics, *_ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
   results = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
-  return {f"{name}/{metric}": float(np.asarray(value))
+  return {f"eval/{name}/{metric}": float(np.asarray(value))
           for name, task_metrics in results.items() for metric, value in task_metrics.items()}
 
 

@@ -38,7 +38,7 @@ class TrainConfig:
   loss: losses.LossConfig = losses.LossConfig()
   checkpoint: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig()
   log_every: int = 10
-  eval_every: int = 0  # 0: no eval; else needs eval_data_fn
+  eval_every: int = 0  # 0: no eval; else needs eval_data_fn and/or eval_hook
   on_nonfinite: str = "stop"  # 'stop': halt naming the step; 'skip': skip that update
   peak_flops: float | None = None  # per device; None: known default or measured
   tensorboard: bool = True
@@ -130,11 +130,15 @@ def _any_process(flag: bool) -> bool:
 
 def train(model_config, config: TrainConfig, data_fn: DataFn, *,
           init_params=None, eval_data_fn: Callable[[], Iterator[dict]] | None = None,
+          eval_hook: Callable[[int, Any], dict] | None = None,
           verbose: bool = True) -> TrainResult:
   """Trains to config.num_steps, resuming from config.run_dir if it has checkpoints.
 
   init_params: float32 params (e.g. an imported pretrained checkpoint) to
   finetune from; ignored when the run directory already has a checkpoint.
+  eval_data_fn: a finite iterator of eval batches for teacher-forced loss and
+  accuracy, every config.eval_every steps. eval_hook(step, params) -> dict of
+  floats runs at the same steps (e.g. decoding plus the task's metrics).
   """
   say = (lambda *a: print(*a, flush=True)) if verbose and jax.process_index() == 0 else (lambda *a: None)
 
@@ -228,8 +232,11 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
         say(f"Non-finite loss at step {step - 1}: update skipped.")
 
       eval_metrics = {}
-      if config.eval_every and eval_data_fn and step % config.eval_every == 0:
-        eval_metrics = evaluate(compiled, state.params, eval_data_fn(), mesh, rule_set)
+      if config.eval_every and step % config.eval_every == 0:
+        if eval_data_fn:
+          eval_metrics = evaluate(compiled, state.params, eval_data_fn(), mesh, rule_set)
+        if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
+          eval_metrics.update(eval_hook(step, state.params))
       if step % config.log_every == 0 or step == config.num_steps or eval_metrics:
         writer.write(step, {**host, **eval_metrics})
       if ckpt.should_save(step) or eval_metrics and config.checkpoint.best_metric:

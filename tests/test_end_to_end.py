@@ -93,7 +93,8 @@ def test_finetune_on_glue_under_mock_data(workspace, pretrained, tmp_path):
                  f"--gin.train.init_checkpoint='{pretrained}'",
                  f"--gin.DataConfig.data_dir='{data_dir}'",
                  "--gin.TrainConfig.num_steps=2", "--gin.TrainConfig.batch_size=8",
-                 "--gin.TrainConfig.eval_every=0", "--gin.train.show_examples=0",
+                 "--gin.TrainConfig.eval_every=2", "--gin.DataConfig.eval_examples=8",
+                 "--gin.DataConfig.eval_batches=1", "--gin.train.show_examples=0",
                  *TINY, *FAST, *data]) == 0
     assert main(["eval", "--gin_file=runs/eval.gin", "--gin_file=tasks/glue_sst2.gin",
                  f"--checkpoint={tmp_path / 'sst2'}", f"--gin.DataConfig.data_dir='{data_dir}'",
@@ -101,7 +102,11 @@ def test_finetune_on_glue_under_mock_data(workspace, pretrained, tmp_path):
                  *data]) == 0
   with open(tmp_path / "sst2" / "eval.jsonl") as f:
     metrics = json.loads(f.readlines()[-1])
-  assert any(k.endswith("/accuracy") for k in metrics), metrics
+  assert "eval/glue_sst2/accuracy" in metrics, metrics
+  # During training too: decoded and scored at each eval step.
+  with open(tmp_path / "sst2" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert any("eval/glue_sst2/accuracy" in r and "eval/loss" in r for r in records), records
 
 
 def test_run_dir_of_another_model_is_refused(workspace, pretrained, capsys):
