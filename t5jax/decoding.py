@@ -250,14 +250,31 @@ def _decode_jit(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig
 
 
 def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = DecodeConfig(),
-           rng=None) -> DecodeOutput:
-  """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options."""
+           rng=None, *, mesh=None, rules: str = "1d") -> DecodeOutput:
+  """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options.
+
+  With a `mesh` (t5jax.partitioning.make_mesh), params and inputs are sharded
+  as in training (rule set `rules`) and the decode loop runs under the mesh:
+  rows over the data axis, heads / mlp / vocab over the model axis.
+  """
   tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
   if tokens.ndim != 2 or tokens.shape[1] == 0:
     raise ValueError(f"encoder_input_tokens must be [batch, length>0], got {tokens.shape}.")
   if rng is None:
     rng = jax.random.PRNGKey(0)
-  return _decode_jit(params, tokens, rng, config.replace(dropout_rate=0.0), cfg)
+  config = config.replace(dropout_rate=0.0)
+  if mesh is None:
+    return _decode_jit(params, tokens, rng, config, cfg)
+  from t5jax import partitioning  # only needed when sharding
+  rule_set = partitioning.rules(rules)
+  shards = partitioning.batch_divisor(mesh, rule_set)
+  if tokens.shape[0] % shards:
+    raise ValueError(f"batch of {tokens.shape[0]} inputs is not divisible by the {shards} "
+                     f"batch shards of mesh {dict(mesh.shape)}.")
+  params = jax.device_put(params, partitioning.param_shardings(mesh, config, rule_set))
+  tokens = jax.device_put(tokens, partitioning.batch_sharding(mesh, rule_set))
+  with partitioning.activate(mesh, rule_set):
+    return _decode_jit(params, tokens, rng, config, cfg)
 
 
 def score_targets(params, config: T5Config, encoder_input_tokens, decoder_target_tokens):
