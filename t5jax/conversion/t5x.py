@@ -182,8 +182,12 @@ def load_t5x_msgpack(path: str, **overrides) -> tuple[T5Config, dict]:
 
 def load_orbax_params(path: str) -> dict:
   """A nested dict of numpy arrays from an orbax PyTree checkpoint."""
+  import warnings
   import orbax.checkpoint as ocp
-  tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+  with warnings.catch_warnings():
+    # Restoring to host numpy: the saved device layout is irrelevant here.
+    warnings.filterwarnings("ignore", message="Sharding info not provided")
+    tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
 
   def to_numpy(node):
     return {k: to_numpy(v) for k, v in node.items()} if isinstance(node, dict) else np.asarray(node)
