@@ -1,0 +1,463 @@
+"""Training throughput: t5jax's train step vs HF transformers T5 (PyTorch and Flax), one run.
+
+    .venv/bin/python benchmarks/bench_train.py                # CPU: t5.1.0/t5.1.1-small, 4 x 256/64
+    .venv/bin/python benchmarks/bench_train.py --full         # + base presets
+    .venv/bin/python benchmarks/bench_train.py --gpu          # t5.1.1-base, 128 x 512/114, bf16
+        [--presets a,b] [--batch 4] [--input_len 256] [--target_len 64] [--dtype float32]
+        [--steps 5] [--repeats 3] [--no_hf] [--no_hf_flax] [--results PATH | --no_write]
+
+Same shape, same batch and the same random weights on every side (t5jax
+params exported with save_hf), same optimizer family: Adafactor with T5's
+settings (factored second moments, decay 0.8, update clipping 1.0, parameter
+scale, no momentum, lr 0.01). tokens = batch * (input_len + target_len) per
+step. MFU uses the encoder-decoder FLOP count of t5jax/flops.py over a peak
+measured in this run (float32 matmul on CPU, bf16 on GPU), for every row, so
+the MFU column compares the peers on one scale. Compilation is excluded.
+
+The HF peers are optional: rows are skipped, with the reason printed, when
+torch / transformers are missing or the peer fails (HF's Flax T5 in
+transformers 4.57 calls jnp.clip(a_max=...), removed in JAX 0.10: a shim for
+this process only is installed before it runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from t5jax import flops  # noqa: E402
+from t5jax.benchmark import measure_train_step, synthetic_batch  # noqa: E402
+from t5jax.config import get_config  # noqa: E402
+from t5jax.model import count_params, format_count, init_params  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LR = 0.01  # T5X pretraining: 1/sqrt(max(step, 10k)) is 0.01 for the first 10k steps
+
+
+# ----------------------------------------------------------------------------- peak FLOP/s
+
+def _best_time(fn, repeats: int) -> float:
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def measure_peaks(on_gpu: bool, n: int, repeats: int = 5) -> dict:
+  """Square-matmul FLOP/s: JAX (the MFU denominator), plus numpy / torch for reference.
+
+  CPU: float32 (the dtype the CPU trains in); GPU: bfloat16 on the device.
+  """
+  dtype = jnp.bfloat16 if on_gpu else jnp.float32
+  x = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype))
+  matmul = jax.jit(jnp.dot)
+  peaks = {"jax": 2 * n ** 3 / _best_time(lambda: matmul(x, x).block_until_ready(), repeats)}
+  if not on_gpu:
+    a = np.array(x, np.float32)
+    peaks["numpy"] = 2 * n ** 3 / _best_time(lambda: a @ a, repeats)
+    try:
+      import torch
+      torch.set_num_threads(os.cpu_count())
+      t = torch.from_numpy(a)
+      peaks["torch"] = 2 * n ** 3 / _best_time(lambda: t @ t, repeats)
+    except ImportError:
+      pass
+  return peaks
+
+
+# ----------------------------------------------------------------------------- memory
+
+def _reset_peak_rss() -> bool:
+  """Resets the kernel's high-water RSS of this process (Linux >= 4.0)."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def _peak_rss_bytes() -> int:
+  """VmHWM (reset per row where the kernel allows) else getrusage's process max RSS."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+  """Peak memory of one row: device bytes on accelerators, process peak RSS on CPU."""
+
+  def __init__(self, on_gpu: bool, torch_cuda: bool = False):
+    self.on_gpu, self.torch_cuda = on_gpu, torch_cuda
+
+  def __enter__(self):
+    self.rss_reset = _reset_peak_rss()
+    if self.torch_cuda:
+      import torch
+      torch.cuda.reset_peak_memory_stats()
+    return self
+
+  def __exit__(self, *exc):
+    if self.torch_cuda:
+      import torch
+      self.bytes, self.label = torch.cuda.max_memory_allocated(), "torch peak allocated"
+    elif self.on_gpu:
+      # XLA keeps a high-water mark since process start (no reset): rows run
+      # largest-first would mask later ones, so each row reports the maximum so far.
+      stats = jax.devices()[0].memory_stats() or {}
+      self.bytes, self.label = stats.get("peak_bytes_in_use"), "device peak_bytes_in_use"
+    else:
+      self.bytes = _peak_rss_bytes()
+      self.label = ("process peak RSS (reset per row)" if self.rss_reset
+                    else "process max RSS (getrusage, cumulative)")
+    return False
+
+
+# ----------------------------------------------------------------------------- t5jax
+
+def bench_t5jax(config, args, peak: float) -> dict:
+  """measure_train_step `repeats` times (mean of `steps` each): median and best.
+
+  Each call builds and jits a fresh step; the persistent compilation cache
+  (a temporary directory, see main) makes repeats after the first cheap.
+  """
+  runs, mem = [], PeakMemory(args.on_gpu)
+  with mem:
+    for _ in range(args.repeats):
+      runs.append(measure_train_step(config, args.batch, args.input_len, args.target_len,
+                                     args.steps, peak_flops=peak, warmup_steps=args.warmup,
+                                     compiler_options=args.compiler_options))
+  times = [r["step_time"] for r in runs]
+  return {"times": times, "memory": mem.bytes, "memory_label": mem.label,
+          "compile_s": runs[0]["warmup_time"], "loss": runs[-1]["loss"]}
+
+
+# ----------------------------------------------------------------------------- HF PyTorch
+
+def bench_hf_torch(hf_dir: str, config, args) -> dict:
+  import torch
+  import transformers
+  from transformers.optimization import Adafactor
+
+  torch.set_num_threads(os.cpu_count())
+  cuda = args.on_gpu and torch.cuda.is_available()
+  device = "cuda" if cuda else "cpu"
+  model = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).to(device).train()
+  # T5's Adafactor: factored, decay -0.8, clip 1.0, eps (1e-30, 1e-3), no momentum,
+  # parameter-scaled updates at a fixed lr 0.01 (as t5jax's rsqrt schedule early on).
+  opt = Adafactor(model.parameters(), lr=LR, scale_parameter=True, relative_step=False,
+                  warmup_init=False)
+  batch = {k: torch.as_tensor(v).to(device) for k, v in synthetic_batch(
+      args.batch, args.input_len, args.target_len, config.vocab_size).items()}
+  autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.dtype == "bfloat16"
+              else torch.autocast("cpu", enabled=False))
+
+  def step():
+    with autocast:
+      out = model(input_ids=batch["encoder_input_tokens"].long(),
+                  attention_mask=(batch["encoder_input_tokens"] > 0).long(),
+                  decoder_input_ids=batch["decoder_input_tokens"].long(),
+                  labels=batch["decoder_target_tokens"].long())
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if cuda:
+      torch.cuda.synchronize()
+    return out.loss
+
+  mem = PeakMemory(args.on_gpu, torch_cuda=cuda)
+  with mem:
+    for _ in range(max(args.warmup, 1)):
+      step()
+    times = []
+    for _ in range(args.repeats):
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        loss = step()
+      times.append((time.perf_counter() - start) / args.steps)
+  return {"times": times, "memory": mem.bytes, "memory_label": mem.label,
+          "loss": float(loss.detach().float().cpu())}
+
+
+# ----------------------------------------------------------------------------- HF Flax
+
+def install_jnp_clip_shim() -> None:
+  """transformers 4.57's Flax T5 calls jnp.clip(x, a_max=...): JAX 0.10 only takes min/max."""
+  original = jnp.clip
+  if getattr(original, "_t5jax_shim", False):
+    return
+
+  def clip(arr=None, /, min=None, max=None, *, a_min=None, a_max=None, **kwargs):
+    return original(arr, min if a_min is None else a_min, max if a_max is None else a_max,
+                    **kwargs)
+  clip._t5jax_shim = True
+  jnp.clip = clip
+
+
+def bench_hf_flax(hf_dir: str, config, args) -> dict:
+  import optax
+  import transformers
+
+  install_jnp_clip_shim()
+  try:
+    import torch  # noqa: F401  (from_pt needs it: then the weights are the same)
+    model = transformers.FlaxT5ForConditionalGeneration.from_pretrained(
+        hf_dir, from_pt=True, dtype=jnp.dtype(args.dtype))
+  except ImportError:  # no torch: same shapes, HF's own random init
+    hf_config = transformers.T5Config.from_pretrained(hf_dir)
+    model = transformers.FlaxT5ForConditionalGeneration(hf_config, seed=0,
+                                                        dtype=jnp.dtype(args.dtype))
+  tx = optax.adafactor(learning_rate=LR, min_dim_size_to_factor=128, decay_rate=0.8,
+                       multiply_by_parameter_scale=True, clipping_threshold=1.0, eps=1e-30)
+  params = jax.device_put(model.params)
+  opt_state = tx.init(params)
+  batch = {k: jnp.asarray(v) for k, v in synthetic_batch(
+      args.batch, args.input_len, args.target_len, config.vocab_size).items()}
+  train = config.dropout_rate > 0
+
+  def train_step(params, opt_state, batch, rng):
+    def loss_fn(params):
+      logits = model(batch["encoder_input_tokens"],
+                     attention_mask=(batch["encoder_input_tokens"] > 0).astype(jnp.int32),
+                     decoder_input_ids=batch["decoder_input_tokens"], params=params,
+                     dropout_rng=rng, train=train).logits
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), batch["decoder_target_tokens"]).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  step = jax.jit(train_step, donate_argnums=(0, 1))
+  rng = jax.random.PRNGKey(0)
+  mem = PeakMemory(args.on_gpu)
+  with mem:
+    start = time.perf_counter()
+    for _ in range(max(args.warmup, 1)):
+      params, opt_state, loss = step(params, opt_state, batch, rng)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        params, opt_state, loss = step(params, opt_state, batch, rng)
+      jax.block_until_ready((params, loss))
+      times.append((time.perf_counter() - start) / args.steps)
+  return {"times": times, "memory": mem.bytes, "memory_label": mem.label,
+          "compile_s": compile_s, "loss": float(loss)}
+
+
+# ----------------------------------------------------------------------------- report
+
+def machine_description(peaks: dict) -> str:
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    model = platform.processor() or "unknown CPU"
+    try:
+      with open("/proc/cpuinfo") as f:
+        model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+      pass
+    what = f"{model}, {os.cpu_count()} cores (CPU)"
+  else:
+    what = f"{jax.device_count()} x {device.device_kind} ({device.platform})"
+  versions = [f"jax {jax.__version__}"]
+  for name in ("flax", "torch", "transformers"):
+    try:
+      versions.append(f"{name} {__import__(name).__version__}")
+    except ImportError:
+      versions.append(f"{name} missing")
+  peak_text = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+  try:  # other jobs on a shared machine slow every row and the peak alike
+    with open("/proc/loadavg") as f:
+      load = f"; load average at start {f.read().split()[0]}"
+  except OSError:
+    load = ""
+  return f"{what}; {', '.join(versions)}; matmul peaks: {peak_text}{load}"
+
+
+def _gib(n) -> str:
+  return "-" if n is None else f"{n / 2 ** 30:.2f}"
+
+
+def make_table(rows: list[dict], args) -> str:
+  lines = ["| model | peer | step s (median) | step s (best) | tokens/s (median) | seq/s | "
+           "TFLOP/s | MFU | t5jax / peer | peak mem GiB | compile s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    if "skipped" in r:
+      lines.append(f"| {r['preset']} | {r['peer']} | skipped: {r['skipped']} | | | | | | | | |")
+      continue
+    ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
+    compile_s = f"{r['compile_s']:.0f}" if r.get("compile_s") else "-"
+    lines.append(
+        f"| {r['preset']} | {r['peer']} | {r['median']:.3f} | {r['best']:.3f} | "
+        f"{r['tokens_per_s']:.0f} | {r['seq_per_s']:.2f} | {r['tflops']:.3f} | "
+        f"{100 * r['mfu']:.1f}% | {ratio} | {_gib(r['memory'])} | {compile_s} |")
+  return "\n".join(lines)
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--gpu", action="store_true",
+                      help="GPU defaults: t5.1.1-base, batch 128, 512/114, bfloat16")
+  parser.add_argument("--full", action="store_true", help="also the base presets")
+  parser.add_argument("--presets", default=None, help="comma-separated t5jax presets")
+  parser.add_argument("--batch", type=int, default=None)
+  parser.add_argument("--input_len", type=int, default=None)
+  parser.add_argument("--target_len", type=int, default=None)
+  parser.add_argument("--dtype", default=None, help="activation dtype (params stay float32)")
+  parser.add_argument("--dropout", type=float, default=None,
+                      help="override the preset's dropout on every side")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+  parser.add_argument("--repeats", type=int, default=3, help="timed blocks; median and best")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation)")
+  parser.add_argument("--peak_n", type=int, default=None, help="matmul size for the peak")
+  parser.add_argument("--fast_compile", action="store_true",
+                      help="t5jax at XLA backend optimisation level 0 (smoke tests only)")
+  parser.add_argument("--no_hf", action="store_true", help="skip both HF peers")
+  parser.add_argument("--no_hf_flax", action="store_true", help="skip the HF Flax peer")
+  parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+  parser.add_argument("--no_write", action="store_true", help="print only")
+  args = parser.parse_args(argv)
+  args.on_gpu = jax.devices()[0].platform != "cpu"
+  args.compiler_options = {"xla_backend_optimization_level": 0} if args.fast_compile else None
+  gpu = args.gpu or args.on_gpu
+  defaults = ({"presets": "t5.1.1-base", "batch": 128, "input_len": 512, "target_len": 114,
+               "dtype": "bfloat16", "peak_n": 8192} if gpu else
+              {"presets": "t5.1.0-small,t5.1.1-small" + (",t5.1.0-base,t5.1.1-base"
+                                                         if args.full else ""),
+               "batch": 4, "input_len": 256, "target_len": 64, "dtype": "float32",
+               "peak_n": 2048})
+  if gpu and args.full and args.presets is None:
+    defaults["presets"] = "t5.1.1-small,t5.1.0-base,t5.1.1-base"
+  for key, value in defaults.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return args
+
+
+def main(argv=None) -> list[dict]:
+  args = parse_args(argv)
+  if args.repeats <= 1 or jax.config.jax_compilation_cache_dir:
+    return _run(args, argv)
+  # Each repeat of measure_train_step jits a fresh step: a persistent
+  # compilation cache in a temporary directory lets repeats reuse the first
+  # executable. It is switched off again on the way out (tests share the process).
+  from jax.experimental.compilation_cache import compilation_cache
+  min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  with tempfile.TemporaryDirectory() as cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+      return _run(args, argv)
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+      compilation_cache.reset_cache()
+
+
+def _run(args, argv) -> list[dict]:
+  peaks = measure_peaks(args.on_gpu, args.peak_n)
+  peak = peaks["jax"]
+  machine = machine_description(peaks)
+  print(f"Machine: {machine}", flush=True)
+
+  rows = []
+  for preset in args.presets.split(","):
+    overrides = {"dtype": args.dtype}
+    if args.dropout is not None:
+      overrides["dropout_rate"] = args.dropout
+    config = get_config(preset, **overrides)
+    step_flops = flops.train_step_flops(config, args.batch, args.input_len, args.target_len)
+    tokens = args.batch * (args.input_len + args.target_len)
+    print(f"\n{preset}: {format_count(count_params(config))} params, batch {args.batch}, "
+          f"{args.input_len}/{args.target_len}, {args.dtype}, dropout {config.dropout_rate}, "
+          f"{step_flops / 1e9:.1f} GFLOP/step", flush=True)
+    params = init_params(config, jax.random.PRNGKey(0))
+
+    results = {"t5jax": bench_t5jax(config, args, peak)}
+    peers = [] if args.no_hf else [("HF PyTorch", bench_hf_torch)] + (
+        [] if args.no_hf_flax else [("HF Flax", bench_hf_flax)])
+    if peers:
+      with tempfile.TemporaryDirectory() as hf_dir:
+        from t5jax.conversion.hf import save_hf
+        save_hf(hf_dir, config, params)
+        del params
+        for name, fn in peers:
+          try:
+            results[name] = fn(hf_dir, config, args)
+          except Exception as e:  # a peer that cannot run here is skipped, not fatal
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            print(f"  {name} skipped: {reason}", flush=True)
+            if os.environ.get("BENCH_DEBUG"):
+              traceback.print_exc()
+            results[name] = {"skipped": reason}
+
+    ours = statistics.median(results["t5jax"]["times"])
+    for name, r in results.items():
+      row = {"preset": preset, "peer": name}
+      if "skipped" in r:
+        rows.append({**row, "skipped": r["skipped"]})
+        continue
+      median = statistics.median(r["times"])
+      row.update(median=median, best=min(r["times"]), tokens_per_s=tokens / median,
+                 seq_per_s=args.batch / median, tflops=step_flops / median / 1e12,
+                 mfu=flops.mfu(step_flops, median, 1, peak), memory=r["memory"],
+                 memory_label=r["memory_label"], compile_s=r.get("compile_s"),
+                 loss=r["loss"], ratio=None if name == "t5jax" else median / ours)
+      rows.append(row)
+      print(f"  {name}: {row['tokens_per_s']:.0f} tokens/s (median of {args.repeats} x "
+            f"{args.steps} steps: {', '.join(f'{t:.3f}' for t in r['times'])} s/step), "
+            f"MFU {100 * row['mfu']:.1f}%, loss {r['loss']:.3f}", flush=True)
+
+  mem_label = next((r["memory_label"] for r in rows if r.get("memory_label")), "-")
+  header = (f"Training step, batch {args.batch}, {args.input_len}/{args.target_len}, "
+            f"{args.dtype}; tokens = batch x (inputs + targets); MFU over the measured "
+            f"{'bf16' if args.on_gpu else 'float32'} jax matmul peak {peak / 1e9:.1f} GFLOP/s; "
+            f"median of {args.repeats} blocks of {args.steps} steps; t5jax / peer = peer step "
+            f"time / t5jax step time; peak mem = {mem_label}.")
+  table = make_table(rows, args)
+  print(f"\n{header}\n\n{table}\n")
+  if not args.no_write:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    new = not os.path.exists(args.results)
+    with open(args.results, "a") as f:
+      if new:
+        f.write("# t5jax benchmark results\n\nAppended by `benchmarks/bench_train.py`; "
+                "newest last.\n")
+      f.write(f"\n## {stamp}: training throughput\n\nMachine: {machine}.\n\n"
+              f"Command: `{command.strip()}`\n\n{header}\n\n{table}\n")
+    print(f"Appended to {args.results}")
+  return rows
+
+
+if __name__ == "__main__":
+  main()
