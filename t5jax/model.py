@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from t5jax.config import T5Config
-from t5jax.layers import (Embed, MlpBlock, MultiHeadAttention, RMSNorm,
+from t5jax.layers import (Dropout, Embed, MlpBlock, MultiHeadAttention, RMSNorm,
                           RelativePositionBias, dense_init, remat_policy, _param)
 
 Array = jax.Array
@@ -41,7 +41,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask, bias):
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-    dropout = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+    dropout = lambda y: Dropout(cfg.dropout_rate)(y, self.deterministic)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype,
                            self.deterministic, name="attention")(y, y, mask, bias)
@@ -61,7 +61,7 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, bias, decode_position=None):
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-    dropout = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+    dropout = lambda y: Dropout(cfg.dropout_rate)(y, self.deterministic)
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.d_kv,
                                   cfg.dropout_rate, dtype, self.deterministic, self.decode)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
@@ -102,12 +102,12 @@ class Encoder(nn.Module):
                                 cfg.relative_attention_max_distance, cfg.num_heads,
                                 bidirectional=True, name="relpos_bias")(positions, positions)
     x = self.shared_embedding(tokens)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic)
     layer_cls = _maybe_remat(EncoderLayer, cfg)
     for i in range(cfg.num_layers):
       x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(x, deterministic)
 
 
 class Decoder(nn.Module):
@@ -148,13 +148,13 @@ class Decoder(nn.Module):
       cross_mask = cross_mask & _segment_mask(segment_ids, encoder_segment_ids)
 
     x = self.shared_embedding(tokens)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic)
     layer_cls = _maybe_remat(DecoderLayer, cfg)
     for i in range(cfg.decoder_layers):
       x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
           x, encoded, self_mask, cross_mask, bias, decode_position)
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic)
     # Logits are accumulated and returned in float32 whatever the activation dtype.
     if cfg.tie_word_embeddings:
       if cfg.scale_tied_logits:

@@ -158,3 +158,14 @@ def test_param_tree_is_boxed_with_names():
   boxed = init_params(CONFIGS["v1.0"], jax.random.PRNGKey(0), boxed=True)
   leaf = boxed["encoder"]["relpos_bias"]["rel_embedding"]
   assert isinstance(leaf, nn.LogicallyPartitioned) and leaf.names == ("heads", "relpos_buckets")
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_drops_the_rate_and_keeps_the_mean(rate):
+  from t5jax.layers import Dropout
+  x = jnp.ones((1000, 1000))
+  y = Dropout(rate).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
+  dropped = float(jnp.mean(y == 0))
+  assert abs(dropped - rate) < 3e-3  # 1e6 draws: std ~5e-4
+  assert abs(float(jnp.mean(y)) - 1.0) < 1e-2
+  assert float(jnp.max(y)) == pytest.approx(1 / (1 - rate))
