@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 
+from t5jax.plots import read_metrics
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -116,14 +118,6 @@ def train_args(name: str, run_dir: str, args) -> list[str]:
   if args.model:
     argv.append(f"--gin_file={args.model}")
   return argv + [f"--run_dir={run_dir}"] + scale_bindings(args)
-
-
-def read_metrics(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def bound_data_config(run_dir: str) -> dict:

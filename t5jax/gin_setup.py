@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import glob
 import inspect
+import logging
 import os
 import re
 
@@ -96,10 +97,16 @@ def parse(gin_files=(), bindings=(), search_paths=()) -> None:
       prefixes.remove(path)
     prefixes.insert(0, path)
   files = [find_gin_file(f, search_paths) for f in gin_files]
+  # gin logs "Path not found" for every search path an include is not in.
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
   except (ValueError, SyntaxError, OSError, TypeError) as e:
     raise GinError(explain(e)) from None
+  finally:
+    root.setLevel(level)
 
 
 def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
