@@ -237,7 +237,8 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
           eval_metrics = evaluate(compiled, state.params, eval_data_fn(), mesh, rule_set)
         if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
           eval_metrics.update(eval_hook(step, state.params))
-      if step % config.log_every == 0 or step == config.num_steps or eval_metrics:
+      # Step 1 too: the starting loss, against which the curve is read.
+      if step % config.log_every == 0 or step in (1, config.num_steps) or eval_metrics:
         writer.write(step, {**host, **eval_metrics})
       if ckpt.should_save(step) or eval_metrics and config.checkpoint.best_metric:
         ckpt.save(step, {"state": state, "rng": base_rng}, eval_metrics or None)
