@@ -168,9 +168,17 @@ def sample_loop(step, cache, batch: int, rng, cfg: DecodeConfig, *, eos_id=1, pa
 
 
 def _gather_beams(tree, indices, batch_beams):
-  """Reorders every batch-leading array of a cache by flat beam indices."""
-  return jax.tree.map(
-      lambda x: x[indices] if x.ndim and x.shape[0] == batch_beams else x, tree)
+  """Reorders every batch-leading array of a cache by flat beam indices.
+
+  The cross-attention keys/values are skipped: every beam of an input holds
+  the same ones (the encoder output is repeated per beam), so reordering them
+  within an input changes nothing, and they are most of the cache's bytes.
+  """
+  def gather(path, x):
+    if any(getattr(k, "key", None) in ("cross_key", "cross_value") for k in path):
+      return x
+    return x[indices] if x.ndim and x.shape[0] == batch_beams else x
+  return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def beam_search(step, cache, batch: int, cfg: DecodeConfig, *, eos_id=1, pad_id=0,
