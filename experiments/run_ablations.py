@@ -38,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 OBJECTIVES = ["objective_span_corruption", "objective_iid_noise", "objective_drop_tokens",
-              "objective_bert_mlm", "objective_prefix_lm", "objective_deshuffling"]
+              "objective_bert_mlm", "objective_mass", "objective_prefix_lm",
+              "objective_deshuffling"]
 RATES = ["rate_10", "objective_span_corruption", "rate_25", "rate_50"]
 SPANS = ["span_2", "objective_span_corruption", "span_5", "span_10"]
 SETS = {"objectives": OBJECTIVES, "rates": RATES, "spans": SPANS,
@@ -61,10 +62,10 @@ CAVEAT = """\
 **Read the losses with care.** Validation loss is a mean over *target* tokens,
 and the objectives have different targets: span corruption and i.i.d. noise
 predict sentinels plus the ~15% corrupted tokens, drop-tokens predicts only the
-dropped tokens, BERT-style and deshuffling predict the whole segment (mostly
-tokens visible in the inputs, which are easy to copy), prefix LM predicts an
-unseen continuation (hard). So a lower loss in the objectives set does **not**
-mean a better objective; the T5 paper compares objectives by downstream
+dropped tokens, BERT-style, MASS-style and deshuffling predict the whole
+segment (mostly tokens visible in the inputs, which are easy to copy), prefix
+LM predicts an unseen continuation (hard). So a lower loss in the objectives
+set does **not** mean a better objective; the T5 paper compares objectives by downstream
 GLUE/SuperGLUE scores after finetuning (the `glue` column, when `--data_dir`
 holds GLUE data). The `group` column marks what is comparable: rows of group
 `span` share one target format (sentinel + span lists), so their losses are

@@ -27,7 +27,7 @@ def _build(configurable: str):
 def test_every_ablation_of_the_paper_is_shipped():
   names = {os.path.basename(f)[:-4] for f in GIN_FILES}
   assert set(run_ablations.SETS["all"]) | {"base"} == names
-  assert len(run_ablations.SETS["all"]) == 12  # 6 objectives + 3 rates + 3 span lengths
+  assert len(run_ablations.SETS["all"]) == 13  # 7 objectives + 3 rates + 3 span lengths
 
 
 @pytest.mark.parametrize("name", GIN_FILES)
@@ -62,7 +62,7 @@ def test_gin_file_parses_and_binds(name):
     assert re.search(rf"random_spans_helper\(128, {data.noise_density:.2f}, "
                      rf"{data.mean_noise_span_length}\) = \(raw \d+, targets {targets}\)", text) \
         or name.endswith("base.gin")
-  elif data.objective in ("prefix_lm", "bert_mlm", "deshuffling"):
+  elif data.objective in ("prefix_lm", "bert_mlm", "mass", "deshuffling"):
     # Targets are the whole segment (or its suffix): inputs_length - 1 tokens + EOS.
     assert data.targets_length == data.inputs_length
 

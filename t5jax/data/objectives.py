@@ -11,9 +11,9 @@ shared/T5_NOTES.md):
      becomes one sentinel in the inputs, each non-noise span one sentinel in
      the targets; the task appends EOS to both.
 The other objectives of the paper's Tables 3-4 (prefix LM, BERT-style MLM,
-deshuffling, i.i.d. noise with span replacement, dropped tokens) reuse the
-same segment stream and differ only in the mask and in how inputs/targets are
-made from it.
+MASS-style, deshuffling, i.i.d. noise with span replacement, dropped tokens)
+reuse the same segment stream and differ only in the mask and in how
+inputs/targets are made from it.
 
 The per-segment work (masks, sentinels) is numpy, called from tf.data through
 tf.numpy_function: a segment needs ~15 small array operations, which numpy
@@ -179,6 +179,13 @@ def noise_token_to_mask_or_random(tokens, noise_mask, vocab_size, rng,
   return np.where(noise_mask, replaced, tokens)
 
 
+def noise_token_to_mask(tokens, noise_mask, vocab_size, rng=None):
+  """MASS-style as in the T5 paper (Table 5): like BERT-style, but every noise
+  token becomes the mask token (<extra_id_0>); no random or kept tokens."""
+  del rng
+  return np.where(noise_mask, vocab_size - 1, tokens)
+
+
 def permute_all_tokens(tokens, noise_mask, vocab_size, rng):
   """Deshuffling: the inputs are a random permutation of the segment."""
   return rng.permutation(tokens)
@@ -235,8 +242,9 @@ def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
   T5, more than extra_ids spans run into ordinary ids, so keep the rate low),
   "drop_tokens" (i.i.d. mask, inputs drop the noise, targets are the noise),
   "bert_mlm" (i.i.d. mask, noise -> <extra_id_0> 90% / random piece 10%,
-  targets are the original text), "deshuffling" (inputs shuffled, targets
-  original) and "prefix_lm" (random split point).
+  targets are the original text), "mass" (MASS-style: i.i.d. mask, every
+  noise token -> <extra_id_0>, targets are the original text), "deshuffling"
+  (inputs shuffled, targets original) and "prefix_lm" (random split point).
   """
   iid = functools.partial(iid_noise_mask, noise_density=noise_density)
   if objective == "span_corruption":
@@ -251,6 +259,8 @@ def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
     return _mask_then(iid, functools.partial(
         noise_token_to_mask_or_random, random_prob=random_prob,
         extra_ids=vocabulary.extra_ids), keep_tokens)
+  if objective == "mass":
+    return _mask_then(iid, noise_token_to_mask, keep_tokens)
   if objective == "deshuffling":
     return _mask_then(lambda n, rng: np.zeros(n, bool), permute_all_tokens,
                       keep_tokens)
@@ -261,7 +271,7 @@ def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
 
 
 OBJECTIVES = ("span_corruption", "iid_denoising", "drop_tokens", "bert_mlm",
-              "deshuffling", "prefix_lm")
+              "mass", "deshuffling", "prefix_lm")
 
 
 # ---------------------------------------------------------------------------

@@ -127,6 +127,21 @@ def test_bert_style_mlm_rates():
   assert (inputs[changed & ~masked] < 32000).all()
 
 
+def test_mass_style_masks_every_corrupted_token():
+  tokens = np.arange(3, 20003)
+  inputs, targets = _pair("mass", tokens, seed=7)
+  assert targets.tolist() == tokens.tolist()  # target = original text
+  # The corrupted positions are exactly the i.i.d. mask drawn from the seed,
+  # and every one of them is the mask token: no random or kept tokens.
+  mask = objectives.iid_noise_mask(len(tokens), 0.15, np.random.default_rng(7))
+  np.testing.assert_array_equal(inputs, np.where(mask, 32099, tokens))
+  assert abs(mask.mean() - 0.15) < 0.01
+  # A short fixed case, written out: seed 7 corrupts position 6 of 10.
+  inputs, targets = _pair("mass", np.arange(3, 13), seed=7)
+  assert inputs.tolist() == [3, 4, 5, 6, 7, 8, 32099, 10, 11, 12]
+  assert targets.tolist() == list(range(3, 13))
+
+
 def test_unknown_objective():
   with pytest.raises(ValueError, match="unknown objective"):
     objectives.make_pair_fn("nope", _Vocab)
