@@ -32,12 +32,39 @@ def dense_init(in_axis, out_axis, scale: float = 1.0):
       scale, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
 
 
+def _mix32(x: Array) -> Array:
+  """A bijective uint32 integer hash (Wellons' lowbias32: avalanche bias ~0.17%)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def counter_bits(key: Array, shape) -> Array:
+  """Random uint32 bits: element index hashed with a 64-bit seed drawn from `key`.
+
+  A counter-based generator like threefry or Philox, but 2 hash rounds instead
+  of 20 cipher rounds, so about 9x faster on XLA-CPU (jax.random.bits for a
+  T5-small training step's dropout masks took about a third of the step).
+  Only the 64-bit seed goes through jax.random, so streams still follow the
+  key tree (fold_in / split per layer and step). `x -> mix(x ^ s0)` is a
+  bijection, so no two elements of one call share a value before the final
+  mix(. + s1). It is elementwise in the index, so it shards like iota.
+  For dropout masks, not for cryptography or statistics beyond that.
+  """
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+  return _mix32(_mix32(index ^ seed[0]) + seed[1])
+
+
 class Dropout(nn.Module):
-  """Inverted dropout from raw uint32 random bits (rng collection 'dropout').
+  """Inverted dropout from counter-hash random bits (rng collection 'dropout').
 
   Same distribution as nn.Dropout (keep iff bits >= rate * 2**32, exact to
-  2**-32), about twice as fast on CPU: it skips turning bits into uniform
-  floats, and mask generation was half of a T5-small training step there.
+  2**-32), much cheaper on CPU: it skips turning bits into uniform floats and
+  draws the bits with `counter_bits` rather than 20-round threefry; mask
+  generation was about a third of a T5-small training step there.
   """
 
   rate: float
@@ -48,7 +75,7 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint32)
+    bits = counter_bits(self.make_rng("dropout"), x.shape)
     keep = bits >= jnp.uint32(min(round(self.rate * 2**32), 2**32 - 1))
     return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
 

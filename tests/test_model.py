@@ -169,3 +169,18 @@ def test_dropout_drops_the_rate_and_keeps_the_mean(rate):
   assert abs(dropped - rate) < 3e-3  # 1e6 draws: std ~5e-4
   assert abs(float(jnp.mean(y)) - 1.0) < 1e-2
   assert float(jnp.max(y)) == pytest.approx(1 / (1 - rate))
+
+
+def test_counter_bits_are_uniform_and_independent():
+  """Dropout's hash bits: each bit ~1/2, no correlation with the neighbour or another key."""
+  from t5jax.layers import counter_bits
+  a = np.asarray(counter_bits(jax.random.PRNGKey(0), (1000, 1000)), np.uint64)
+  b = np.asarray(counter_bits(jax.random.PRNGKey(1), (1000, 1000)), np.uint64)
+  assert a.dtype == np.uint64 and len(np.unique(a)) == a.size  # a bijection of the index
+  bit_means = [np.mean((a >> k) & 1) for k in range(32)]
+  np.testing.assert_allclose(bit_means, 0.5, atol=3e-3)  # 1e6 draws: std 5e-4
+  u, v = a.ravel() / 2.0**32, b.ravel() / 2.0**32
+  assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 5e-3
+  assert abs(np.corrcoef(u, v)[0, 1]) < 5e-3
+  assert abs(np.corrcoef(u[:-1000], u[1000:])[0, 1]) < 5e-3  # next row, same column
+  np.testing.assert_array_equal(a, np.asarray(counter_bits(jax.random.PRNGKey(0), (1000, 1000))))
