@@ -46,13 +46,23 @@ def config_to_json(config) -> dict:
   return dataclasses.asdict(config)
 
 
+def _with_defaults(stored: dict, config) -> dict:
+  """A stored config with fields added to the dataclass since (e.g. scan_layers)
+  at their defaults, so runs written before a new field still resume."""
+  out = dict(stored)
+  for field in dataclasses.fields(config):
+    if field.name not in out and field.default is not dataclasses.MISSING:
+      out[field.name] = field.default
+  return out
+
+
 def check_model_config(run_dir: str, config) -> None:
   """Writes run_dir/model_config.json on a fresh run; refuses a different config later."""
   path = os.path.join(run_dir, "model_config.json")
   current = config_to_json(config)
   if os.path.exists(path):
     with open(path) as f:
-      stored = json.load(f)
+      stored = _with_defaults(json.load(f), config)
     diff = {k: (stored.get(k), current.get(k)) for k in sorted(set(stored) | set(current))
             if stored.get(k) != current.get(k)}
     if diff:
@@ -114,7 +124,7 @@ class Checkpointer:
     out = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree),
                                       meta=ocp.args.JsonRestore()))
-    stored = out["meta"]["model_config"]
+    stored = _with_defaults(out["meta"]["model_config"], self.model_config)
     if stored != config_to_json(self.model_config):
       raise ConfigMismatchError(
           f"Checkpoint {step} in {self.run_dir} was written for model config {stored}, "

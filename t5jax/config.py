@@ -13,6 +13,9 @@ import difflib
 
 FEED_FORWARD_KINDS = ("relu", "gated-gelu")
 REMAT_POLICIES = ("none", "full", "save_dots")
+# Name of the scanned layer stack (a param path key) and of its stacked axis
+# (a logical axis name); t5jax.optim finds stacked parameters by this key.
+SCANNED_LAYERS = "layers"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,11 @@ class T5Config:
   dtype: str = "float32"
   # Rematerialisation of each layer in the backward pass (see REMAT_POLICIES).
   remat_policy: str = "none"
+  # Run each stack's layers as one nn.scan over a layer body: parameters are
+  # stacked along a leading "layers" axis (`encoder/layers/...` instead of
+  # `encoder/layers_0/...`), so compile time no longer grows with depth.
+  # Incremental decoding needs the per-layer form: t5jax.model.unscan_params.
+  scan_layers: bool = False
   pad_token_id: int = 0
   eos_token_id: int = 1
   decoder_start_token_id: int = 0

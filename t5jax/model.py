@@ -11,6 +11,11 @@ in a packed row, and attention across segments is masked.
 
 Incremental decoding keeps keys/values in the 'cache' collection; see
 `init_cache` and `T5.decode(..., decode=True)`. Only jax/flax/numpy here.
+
+With `config.scan_layers` each stack's layers run as one `nn.scan` and their
+parameters are stacked along a leading 'layers' axis (`encoder/layers/...`);
+`scan_params` / `unscan_params` convert between the two layouts, and
+incremental decoding needs the per-layer one.
 """
 
 from __future__ import annotations
@@ -21,22 +26,41 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from t5jax.config import T5Config
+import numpy as np
+from t5jax.config import SCANNED_LAYERS, T5Config
 from t5jax.layers import (Dropout, Embed, MlpBlock, MultiHeadAttention, RMSNorm,
                           RelativePositionBias, dense_init, remat_policy, _param)
 
 Array = jax.Array
 
 
-def _maybe_remat(layer_cls, config: T5Config):
-  if config.remat_policy == "none":
+def _layer_stack(layer_cls, config: T5Config, num_layers: int, num_broadcast: int):
+  """The layer class to instantiate: rematerialised per config.remat_policy and,
+  with config.scan_layers, scanned `num_layers` times (as T5X does: remat inside
+  the scan, so the backward pass recomputes one layer at a time).
+
+  The scanned body carries the residual stream; its other `num_broadcast`
+  arguments (masks, bias, ...) are the same for every layer. Parameters get a
+  leading axis named 'layers' (part of their logical axis names), and each
+  layer draws its own params/dropout keys.
+  """
+  if config.remat_policy != "none":
+    # prevent_cse is only needed outside a scan (XLA could otherwise merge the
+    # recomputation back into the forward pass); inside one it costs speed.
+    layer_cls = nn.remat(layer_cls, policy=remat_policy(config.remat_policy),
+                         prevent_cse=not config.scan_layers)
+  if not config.scan_layers:
     return layer_cls
-  return nn.remat(layer_cls, policy=remat_policy(config.remat_policy))
+  return nn.scan(layer_cls, variable_axes={"params": 0},
+                 split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast,) * num_broadcast, length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: SCANNED_LAYERS})
 
 
 class EncoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
+  scanned: bool = False  # the body of an nn.scan: returns (carry, None)
 
   @nn.compact
   def __call__(self, x, mask, bias):
@@ -50,13 +74,15 @@ class EncoderLayer(nn.Module):
     y = MlpBlock(cfg.d_ff, cfg.is_gated, cfg.dropout_rate, dtype, self.deterministic,
                  name="mlp")(y)
     x = x + dropout(y)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
   decode: bool = False
+  scanned: bool = False  # the body of an nn.scan: returns (carry, None)
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, bias, decode_position=None):
@@ -74,7 +100,8 @@ class DecoderLayer(nn.Module):
     y = MlpBlock(cfg.d_ff, cfg.is_gated, cfg.dropout_rate, dtype, self.deterministic,
                  name="mlp")(y)
     x = x + dropout(y)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
 
 
 def _padding_mask(query_valid, key_valid):
@@ -103,9 +130,12 @@ class Encoder(nn.Module):
                                 bidirectional=True, name="relpos_bias")(positions, positions)
     x = self.shared_embedding(tokens)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
-    layer_cls = _maybe_remat(EncoderLayer, cfg)
-    for i in range(cfg.num_layers):
-      x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
+    layer_cls = _layer_stack(EncoderLayer, cfg, cfg.num_layers, num_broadcast=2)
+    if cfg.scan_layers:
+      x, _ = layer_cls(cfg, deterministic, scanned=True, name=SCANNED_LAYERS)(x, mask, bias)
+    else:
+      for i in range(cfg.num_layers):
+        x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic)
 
@@ -118,6 +148,13 @@ class Decoder(nn.Module):
   def __call__(self, encoded, encoder_tokens, tokens, encoder_segment_ids=None,
                segment_ids=None, deterministic=True, decode=False):
     cfg = self.config
+    if decode and cfg.scan_layers:
+      # The decoding cache and beam search index per-layer, batch-leading
+      # arrays; a scanned stack would give them a leading layers axis.
+      raise ValueError(
+          "Incremental decoding (decode=True) needs per-layer parameters, but this "
+          "config has scan_layers=True. Convert first: `config, params = "
+          "t5jax.model.unscan_params(config, params)`.")
     length = tokens.shape[1]
     relpos = RelativePositionBias(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
@@ -149,10 +186,14 @@ class Decoder(nn.Module):
 
     x = self.shared_embedding(tokens)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
-    layer_cls = _maybe_remat(DecoderLayer, cfg)
-    for i in range(cfg.decoder_layers):
-      x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
+    layer_cls = _layer_stack(DecoderLayer, cfg, cfg.decoder_layers, num_broadcast=5)
+    if cfg.scan_layers:
+      x, _ = layer_cls(cfg, deterministic, scanned=True, name=SCANNED_LAYERS)(
           x, encoded, self_mask, cross_mask, bias, decode_position)
+    else:
+      for i in range(cfg.decoder_layers):
+        x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
+            x, encoded, self_mask, cross_mask, bias, decode_position)
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
     # Logits are accumulated and returned in float32 whatever the activation dtype.
@@ -245,6 +286,64 @@ def init_cache(config: T5Config, batch_size: int, max_decode_length: int,
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _stack_sizes(config: T5Config) -> dict:
+  return {"encoder": config.num_layers, "decoder": config.decoder_layers}
+
+
+def unscan_params(config: T5Config, params) -> tuple[T5Config, dict]:
+  """(config with scan_layers=False, params with per-layer `layers_{i}` subtrees).
+
+  The inverse of `scan_params`. Stacks already in per-layer form are left as
+  they are, so this is safe to call on any params ("unscan if needed").
+  Works on numpy or jax arrays (sharded ones too) and under jit. Use it before
+  incremental decoding (`t5jax.decoding`) or exporting per-layer names.
+  """
+  params = dict(nn.meta.unbox(params))
+  for stack, num_layers in _stack_sizes(config).items():
+    tree = dict(params[stack])
+    if SCANNED_LAYERS not in tree:
+      continue
+    stacked = tree.pop(SCANNED_LAYERS)
+    for leaf in jax.tree.leaves(stacked):
+      if leaf.shape[0] != num_layers:
+        raise ValueError(f"{stack}/{SCANNED_LAYERS} stacks {leaf.shape[0]} layers, but the "
+                         f"config has {num_layers}.")
+    for i in range(num_layers):
+      tree[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    params[stack] = tree
+  return config.replace(scan_layers=False), params
+
+
+def scan_params(config: T5Config, params) -> tuple[T5Config, dict]:
+  """(config with scan_layers=True, params with each stack's `layers_{i}`
+  subtrees stacked into one `layers` subtree along a new leading axis).
+
+  Stacks already scanned are left as they are. numpy in, numpy out (the
+  checkpoint importers' arrays stay on the host); jax arrays otherwise.
+  """
+  params = dict(nn.meta.unbox(params))
+  for stack, num_layers in _stack_sizes(config).items():
+    tree = dict(params[stack])
+    if SCANNED_LAYERS in tree:
+      continue
+    names = [f"layers_{i}" for i in range(num_layers)]
+    extra = sorted(k for k in tree if k.startswith("layers_") and k not in names)
+    missing = [k for k in names if k not in tree]
+    if missing or extra:
+      raise ValueError(f"{stack} does not have exactly the config's {num_layers} layers: "
+                       f"missing {missing}, unexpected {extra}.")
+    layers = [tree.pop(k) for k in names]
+
+    def stack_leaves(*xs):
+      if all(isinstance(x, np.ndarray) for x in xs):
+        return np.stack(xs)
+      return jnp.stack(xs)
+
+    tree[SCANNED_LAYERS] = jax.tree.map(stack_leaves, *layers)
+    params[stack] = tree
+  return config.replace(scan_layers=True), params
+
+
 def format_count(n: int) -> str:
   for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
     if n >= size:
@@ -253,4 +352,4 @@ def format_count(n: int) -> str:
 
 
 __all__ = ["T5", "T5Config", "init_params", "abstract_params", "logical_axes",
-           "count_params", "init_cache", "format_count"]
+           "count_params", "init_cache", "format_count", "scan_params", "unscan_params"]

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5jax.config import SCANNED_LAYERS
+
 SCHEDULES = ("rsqrt", "warmup_rsqrt", "constant", "cosine")
 OPTIMIZERS = ("adafactor", "adamw")
 
@@ -118,6 +120,9 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
       raise ValueError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
     if config.factor_heads_as_matrix:
       tx = as_matrices(tx)
+    # Adafactor is per tensor (factoring, update clipping, parameter scale):
+    # run it per layer on scanned stacks so they train as unscanned layers do.
+    tx = per_layer(tx)
   else:
     tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.adam_eps,
                      weight_decay=config.weight_decay)
@@ -155,5 +160,59 @@ def as_matrices(inner: optax.GradientTransformation) -> optax.GradientTransforma
   def update(updates, state, params=None):
     new, state = inner.update(flat(updates), state, None if params is None else flat(params))
     return jax.tree.map(lambda u, ref: u.reshape(ref.shape), new, updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def _stack_size(path, leaf) -> int:
+  """Leading (layers) size of a scanned stack's parameter; 0 for any other leaf."""
+  keys = [getattr(k, "key", None) for k in path]
+  return leaf.shape[0] if SCANNED_LAYERS in keys else 0
+
+
+def _vmapped(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` applied independently to every slice along the leading axis."""
+  return optax.GradientTransformation(
+      jax.vmap(inner.init), lambda u, s, p=None: jax.vmap(inner.update)(u, s, p))
+
+
+def per_layer(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs `inner` on each layer of a scanned stack as if it were its own tensor.
+
+  Parameters under a `layers` key (`T5Config.scan_layers`) carry a leading
+  [num_layers] axis. A per-tensor optimizer would otherwise see one
+  [layers, a, b] tensor: one update-clipping RMS and one parameter scale for
+  the whole stack instead of one per layer. Here each stack (grouped by its
+  number of layers) gets `inner` vmapped over that axis, so updates equal the
+  unscanned model's up to float rounding, and optimizer states keep the
+  leading layers axis (their shardings still follow the parameters').
+
+  Trees without stacked leaves get `inner` itself, state layout unchanged.
+  Groups come from static shapes and key paths, so init and update agree.
+  """
+  def groups(tree):
+    sizes = jax.tree_util.tree_map_with_path(_stack_size, tree)
+    return sizes, sorted(set(jax.tree.leaves(sizes)))
+
+  def parts(tree):
+    sizes, keys = groups(tree)
+    if keys in ([], [0]):
+      return None
+    return [optax.masked(_vmapped(inner) if k else inner,
+                         jax.tree.map(lambda n, k=k: n == k, sizes)) for k in keys]
+
+  def init(params):
+    txs = parts(params)
+    return inner.init(params) if txs is None else tuple(t.init(params) for t in txs)
+
+  def update(updates, state, params=None):
+    txs = parts(updates)
+    if txs is None:
+      return inner.update(updates, state, params)
+    new_state = []
+    for t, s in zip(txs, state):  # disjoint masks: each pass updates its own leaves
+      updates, s = t.update(updates, s, params)
+      new_state.append(s)
+    return updates, tuple(new_state)
 
   return optax.GradientTransformation(init, update)

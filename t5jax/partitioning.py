@@ -35,7 +35,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "model")
 
-_COMMON = (("length", None), ("kv", None), ("relpos_buckets", None))
+# 'layers' is the stacked axis of scanned parameters (config.scan_layers):
+# never sharded, as the scan reads one layer's slice per step.
+_COMMON = (("length", None), ("kv", None), ("relpos_buckets", None), ("layers", None))
 RULE_SETS: dict[str, tuple] = {
     "1d": (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
            ("heads", "model"), ("embed", None)) + _COMMON,

@@ -24,6 +24,7 @@ import numpy as np
 from t5jax import trainer as trainer_lib
 from t5jax.config import T5Config, get_config
 from t5jax.decoding import DecodeConfig
+from t5jax.model import unscan_params
 
 DEFAULT_TASK = "default_corpus_span_corruption"
 LOCAL_CORPUS_TASK = "local_corpus"
@@ -131,9 +132,13 @@ _ARCHITECTURE = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_laye
 
 
 def load_params(path: str, model: T5Config | None = None):
-  """(config, params) from a run directory or any checkpoint format; checks it fits `model`."""
+  """(config, params) from a run directory or any checkpoint format; checks it fits `model`.
+
+  Params come in `model`'s layer layout (scan_layers), or per layer without a
+  model: evaluate/infer decode, which needs per-layer params.
+  """
   from t5jax.conversion import load_checkpoint
-  config, params = load_checkpoint(path)
+  config, params = load_checkpoint(path, scan_layers=bool(model and model.scan_layers))
   if model is not None:
     diff = {k: (getattr(config, k), getattr(model, k)) for k in _ARCHITECTURE
             if getattr(config, k) != getattr(model, k)}
@@ -181,8 +186,9 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
     if jax.process_count() > 1:
       print("Decoding evals during training run on one process only; use `t5jax eval`.")
     else:
+      # Decoding needs per-layer params (a no-op unless model.scan_layers).
       eval_hook = lambda step, params: seqio_metrics(
-          model, params, data, task, trainer.batch_size,
+          *unscan_params(model, params), data, task, trainer.batch_size,
           DecodeConfig(max_decode_length=data.targets_length), data.eval_examples)
 
   # 4. Train; the config is written first so a crashed run still records it.
@@ -209,6 +215,7 @@ def print_examples(model: T5Config, params, vocabulary, data: DataConfig, task: 
                    count: int) -> None:
   """Held-out examples: input (with sentinels), target, and the model's greedy output."""
   from t5jax.decoding import decode
+  model, params = unscan_params(model, params)  # decoding needs per-layer params
   batch = next(batches(data, task, data.eval_split, count, train=False, pack=False))
   out = decode(params, model, batch["encoder_input_tokens"],
                DecodeConfig(max_decode_length=data.targets_length))

@@ -53,7 +53,20 @@ def load_checkpoint(path: str, format: str | None = None, **overrides) -> tuple[
 
   Checkpoints without a config (tf, t5x, orbax) have their architecture read
   off the parameter shapes; pass e.g. dropout_rate=... to change the rest.
+  scan_layers=True/False returns the params stacked per stack / per layer
+  (converted here at the boundary; every format can be read into either).
+  Without it: what the checkpoint holds (per layer for all but t5jax/run
+  checkpoints saved from a scanned model).
   """
+  scan = overrides.pop("scan_layers", None)
+  config, params = _load(path, format, overrides)
+  if scan is not None:
+    from t5jax.model import scan_params, unscan_params  # heavier imports: only when asked
+    config, params = (scan_params if scan else unscan_params)(config, params)
+  return config, params
+
+
+def _load(path: str, format: str | None, overrides: dict) -> tuple[T5Config, dict]:
   format = format or detect_format(path)
   if format == "hf":
     return hf.load_hf(path, **overrides)
@@ -107,7 +120,11 @@ def load_run_dir(run_dir: str, step: int | None = None, **overrides) -> tuple[T5
 
 
 def save_checkpoint(path: str, config: T5Config, params: dict, format: str = "hf") -> None:
+  """Writes 'hf' (always per-layer tensors) or 't5jax' (params as given, scanned or not)."""
   if format == "hf":
+    if config.scan_layers:
+      from t5jax.model import unscan_params
+      config, params = unscan_params(config, params)
     hf.save_hf(path, config, params)
   elif format == "t5jax":
     save_t5jax(path, config, params)

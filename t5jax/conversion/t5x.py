@@ -6,8 +6,10 @@ Covered formats, all read without downloads:
   * T5X checkpoints as T5X writes them (`checkpoint_N/checkpoint`, a msgpack
     file whose large arrays live in TensorStore zarr folders beside it).
   * T5X or t5jax parameter trees saved with orbax (PyTree checkpoints).
-Not covered: T5X checkpoints with scanned layers (one stacked array per
-stack) and optimizer state (only parameters are imported).
+Scanned-layer trees (one stacked array per stack under `encoder/layers/...`)
+are unstacked on import: T5X's (`scan_layers=True`, stacked along
+`param_scan_axis`, 1 by default) and t5jax's own (axis 0). Not covered:
+optimizer state (only parameters are imported).
 
 Everything is first brought to T5X's flat naming (`encoder/layers_0/attention/
 query/kernel` of shape [embed, heads*kv]), then reshaped into t5jax's tree,
@@ -69,6 +71,53 @@ def params_from_t5x(flat: dict, config: T5Config, source: str) -> dict:
   return params
 
 
+def _scan_axis(stack_flat: dict, d_model: int) -> int:
+  """Which axis a scanned stack's parameters are stacked along.
+
+  t5jax's own trees (no `kernel` leaves) stack along 0. T5X stacks along its
+  `param_scan_axis` (1 by default, 0 possible): read off the query kernel,
+  [embed, layers, heads*kv] or [layers, embed, heads*kv].
+  """
+  kernels = [np.shape(v) for k, v in stack_flat.items() if k[-2:] == ("query", "kernel")]
+  if not kernels:
+    return 0
+  shape = kernels[0]
+  return 0 if shape[1] == d_model and shape[0] != d_model else 1
+
+
+def _unstack_layers(flat: dict) -> dict:
+  """Scanned stacks (`<stack>/layers/...`) -> per-layer `<stack>/layers_{i}/...` entries."""
+  if not any(len(k) > 2 and k[1] == "layers" for k in flat):
+    return flat
+  try:
+    d_model = np.shape(flat[("token_embedder", "embedding")])[1]
+  except KeyError:
+    raise ValueError("Not a T5 parameter tree: no token_embedder/embedding.") from None
+  out = {k: v for k, v in flat.items() if not (len(k) > 2 and k[1] == "layers")}
+  for stack in ("encoder", "decoder"):
+    stacked = {k: v for k, v in flat.items() if k[0] == stack and len(k) > 2 and k[1] == "layers"}
+    if not stacked:
+      continue
+    axis = _scan_axis(stacked, d_model)
+    for path, value in stacked.items():
+      value = np.asarray(value)
+      for i in range(value.shape[axis]):
+        out[(stack, f"layers_{i}", *path[2:])] = np.take(value, i, axis=axis)
+    # T5X's scalable_t5 keeps a relative position table in every layer; T5
+    # (and t5jax) share one per stack, so accept them only when all are equal.
+    tables = sorted((k for k in out if k[0] == stack and len(k) == 4
+                     and k[2] == "relative_posemb"), key=lambda k: int(k[1][7:]))
+    if tables:
+      first = out[tables[0]]
+      if not all(np.array_equal(out[k], first) for k in tables):
+        raise ValueError(f"{stack}: per-layer relative position tables (T5X scalable_t5) "
+                         "differ between layers; t5jax shares one table per stack.")
+      out.setdefault((stack, "relpos_bias", "rel_embedding"), first)
+      for k in tables:
+        del out[k]
+  return out
+
+
 def _is_t5jax_tree(flat: dict) -> bool:
   return any(k[-1] == "query" and np.ndim(v) == 3 for k, v in flat.items())
 
@@ -82,7 +131,7 @@ def _params_subtree(tree: dict) -> dict:
 
 
 def _from_param_tree(tree: dict, source: str, overrides: dict) -> tuple[T5Config, dict]:
-  flat = flatten(_params_subtree(tree))
+  flat = _unstack_layers(flatten(_params_subtree(tree)))
   if _is_t5jax_tree(flat):  # already in t5jax layout: flatten the kernels to share one path
     flat = {(*k, "kernel") if k[-1] in ("query", "key", "value", "out", "wi", "wi_0", "wi_1",
                                          "wo", "logits_dense") else k:
