@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5jax import adafactor
 from t5jax.config import SCANNED_LAYERS
 
 SCHEDULES = ("rsqrt", "warmup_rsqrt", "constant", "cosine")
@@ -111,11 +112,19 @@ def make_schedule(config: OptimizerConfig) -> Callable:
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   schedule = make_schedule(config)
   if config.name == "adafactor":
-    tx = optax.adafactor(
-        learning_rate=schedule, min_dim_size_to_factor=config.min_dim_size_to_factor,
-        decay_rate=config.decay_rate, multiply_by_parameter_scale=config.multiply_by_parameter_scale,
-        clipping_threshold=config.clipping_threshold, momentum=config.momentum,
-        eps=config.epsilon1, factored=True)
+    if config.momentum is None:  # T5's setting: the fused form (same arithmetic and state)
+      tx = adafactor.adafactor(
+          schedule, decay_rate=config.decay_rate,
+          min_dim_size_to_factor=config.min_dim_size_to_factor, epsilon1=config.epsilon1,
+          clipping_threshold=config.clipping_threshold,
+          multiply_by_parameter_scale=config.multiply_by_parameter_scale)
+    else:
+      tx = optax.adafactor(
+          learning_rate=schedule, min_dim_size_to_factor=config.min_dim_size_to_factor,
+          decay_rate=config.decay_rate,
+          multiply_by_parameter_scale=config.multiply_by_parameter_scale,
+          clipping_threshold=config.clipping_threshold, momentum=config.momentum,
+          eps=config.epsilon1, factored=True)
     if config.multiply_by_parameter_scale and config.epsilon2 != 1e-3:
       raise ValueError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
     if config.factor_heads_as_matrix:

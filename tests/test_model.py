@@ -184,3 +184,16 @@ def test_counter_bits_are_uniform_and_independent():
   assert abs(np.corrcoef(u, v)[0, 1]) < 5e-3
   assert abs(np.corrcoef(u[:-1000], u[1000:])[0, 1]) < 5e-3  # next row, same column
   np.testing.assert_array_equal(a, np.asarray(counter_bits(jax.random.PRNGKey(0), (1000, 1000))))
+
+
+def test_relative_bias_gradient_equals_plain_einsum():
+  """The bias lookup's custom backward equals autodiff of the one-hot einsum."""
+  from t5jax.layers import _one_hot_lookup, relative_position_bucket
+  pos = jnp.arange(40)
+  one_hot = jax.nn.one_hot(relative_position_bucket(pos[None] - pos[:, None], True, 32, 128), 32)
+  table = jax.random.normal(jax.random.PRNGKey(0), (4, 32))
+  weights = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 40, 40))
+  loss = lambda lookup: lambda t: jnp.sum(jnp.sin(lookup(t, one_hot)[None] * weights))
+  got = jax.grad(loss(_one_hot_lookup))(table)
+  want = jax.grad(loss(lambda t, o: jnp.einsum("hb,qkb->hqk", t, o)))(table)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -127,3 +127,30 @@ def test_attention_kernels_are_factored_as_matrices():
   out = jnp.asarray(rng.normal(size=(4, 32, 256)), jnp.float32)  # [heads, kv, embed]
   assert {x.shape for x in jax.tree.leaves(tx.init(out)) if x.ndim == 1 and x.size > 1} == {
       (128,), (256,)}
+
+
+def test_fused_adafactor_equals_optax_adafactor():
+  """t5jax.adafactor: same updates and the same state tree as optax's 5-transform chain."""
+  from t5jax.adafactor import adafactor
+  rng = np.random.default_rng(3)
+  params = {"kernel": rng.normal(size=(256, 160)).astype(np.float32),
+            "tall": rng.normal(size=(130, 300, 2)).astype(np.float32),
+            "scale": rng.normal(size=(256,)).astype(np.float32),
+            "small": rng.normal(size=(64, 8)).astype(np.float32)}
+  schedule = lambda step: 0.01 / jnp.sqrt(step + 1.0)
+  for clip, scale in [(1.0, True), (None, False)]:
+    kw = dict(decay_rate=0.8, min_dim_size_to_factor=128, clipping_threshold=clip,
+              multiply_by_parameter_scale=scale)
+    ref = optax.adafactor(schedule, eps=1e-30, momentum=None, factored=True, **kw)
+    fused = adafactor(schedule, **kw)
+    p_ref, p_new = params, params
+    s_ref, s_new = ref.init(params), fused.init(params)
+    assert jax.tree.structure(s_ref) == jax.tree.structure(s_new)
+    for step in range(3):
+      grads = jax.tree.map(lambda p: np.sin(p * (step + 2)).astype(np.float32) * 1e-2, params)
+      u, s_ref = ref.update(grads, s_ref, p_ref)
+      p_ref = optax.apply_updates(p_ref, u)
+      u, s_new = jax.jit(fused.update)(grads, s_new, p_new)
+      p_new = optax.apply_updates(p_new, u)
+    for a, b in zip(jax.tree.leaves((p_ref, s_ref)), jax.tree.leaves((p_new, s_new))):
+      np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)

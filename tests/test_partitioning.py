@@ -62,7 +62,10 @@ def test_sharded_equals_single_device(reference, mesh_config):
   ref_losses, ref_params, _ = reference
   losses, params, state = run_steps(mesh_config)
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
-  assert ref_losses[-1] < ref_losses[0]  # it does train
+  # The steps did update (so equal params are not trivially the initial ones).
+  # (Loss over 3 different dropout-noised batches is too noisy to order.)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(ref_params), jax.tree.leaves(initial_params(CONFIG)))) > 1e-3
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
   # The shardings asked for are the ones the state lives in.
