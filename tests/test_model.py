@@ -197,3 +197,15 @@ def test_relative_bias_gradient_equals_plain_einsum():
   got = jax.grad(loss(_one_hot_lookup))(table)
   want = jax.grad(loss(lambda t, o: jnp.einsum("hb,qkb->hqk", t, o)))(table)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 5])
+def test_shared_bias_gradient_sums_the_batch(batch):
+  from t5jax.layers import add_shared_bias
+  scores = jax.random.normal(jax.random.PRNGKey(0), (batch, 2, 3, 3))
+  bias = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 3, 3))
+  loss = lambda add: lambda s, b: jnp.sum(jnp.sin(add(s, b)) * jnp.arange(batch)[:, None, None, None])
+  got = jax.grad(loss(add_shared_bias), argnums=(0, 1))(scores, bias)
+  want = jax.grad(loss(jnp.add), argnums=(0, 1))(scores, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
