@@ -1,5 +1,6 @@
 """The `t5jax` command line, and the rule that the core imports no TensorFlow."""
 
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ CORE_MODULES = ["t5jax", "t5jax.config", "t5jax.layers", "t5jax.model", "t5jax.c
                 "t5jax.conversion.hf", "t5jax.conversion.t5x", "t5jax.cli", "t5jax.decoding",
                 "t5jax.partitioning", "t5jax.optim", "t5jax.losses", "t5jax.train_step",
                 "t5jax.trainer", "t5jax.checkpoints", "t5jax.metrics", "t5jax.flops",
-                "t5jax.benchmark", "t5jax.plots"]
+                "t5jax.benchmark", "t5jax.plots", "t5jax.adafactor"]
 
 
 def test_core_imports_no_tensorflow():
@@ -23,6 +24,17 @@ def test_core_imports_no_tensorflow():
           "'tensorflow_datasets')]\n"
           "assert not bad, bad\n")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_benchmarks_import_no_tensorflow():
+  """The GPU image has no TensorFlow/seqio: the training, decoding and memory benchmarks
+  must load without them (their module level; HF peers import torch lazily)."""
+  code = ("import sys, runpy\n"
+          "for m in ('tensorflow', 'seqio', 'tensorflow_datasets'): sys.modules[m] = None\n"
+          "for f in ('bench_train', 'bench_decode', 'memory_estimate'):\n"
+          "  runpy.run_path(f'benchmarks/{f}.py', run_name='imported')\n")
+  subprocess.run([sys.executable, "-c", code], check=True,
+                 cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def test_params_command(capsys):
