@@ -170,9 +170,8 @@ def sample_loop(step, cache, batch: int, rng, cfg: DecodeConfig, *, eos_id=1, pa
 def _gather_beams(tree, indices, batch_beams):
   """Reorders every batch-leading array of a cache by flat beam indices.
 
-  The cross-attention keys/values are skipped: every beam of an input holds
-  the same ones (the encoder output is repeated per beam), so reordering them
-  within an input changes nothing, and they are most of the cache's bytes.
+  The cross-attention keys/values are skipped: they hold one row per input,
+  shared by its beams (see T5.decode), so there is nothing to reorder.
   """
   def gather(path, x):
     if any(getattr(k, "key", None) in ("cross_key", "cross_value") for k in path):
@@ -245,7 +244,8 @@ def _decode_jit(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig
   model = T5(config)
   copies = cfg.num_beams if cfg.method == "beam" else cfg.num_decodes
   batch = encoder_tokens.shape[0]
-  encoder_tokens = jnp.repeat(encoder_tokens, copies, axis=0)
+  # Each input is encoded once; its `copies` decoder rows (beams / samples,
+  # adjacent) share its cross-attention keys/values (see T5.decode).
   encoded = model.apply({"params": params}, encoder_tokens, method=T5.encode)
   cache = init_cache(config, batch * copies, cfg.max_decode_length, encoder_tokens.shape[1])
   step = _model_step(model, params, encoder_tokens, encoded)

@@ -211,7 +211,8 @@ class MultiHeadAttention(nn.Module):
   Modes: full sequences; incremental self-attention decoding (`decode=True`,
   one query at `decode_position`, keys/values written into the 'cache'
   collection); cross-attention whose projected keys/values are cached on the
-  first decoding call (`inputs_kv=None` afterwards reads them back).
+  first decoding call (`inputs_kv=None` afterwards reads them back). See
+  `_decode_attention` for the decoding layout.
   """
 
   num_heads: int
@@ -233,27 +234,13 @@ class MultiHeadAttention(nn.Module):
     wk = _param(self, "key", kv_init, (d_model, h, d), ("embed", "heads", "kv"))
     wv = _param(self, "value", kv_init, (d_model, h, d), ("embed", "heads", "kv"))
     wo = _param(self, "out", dense_init((0, 1), 2), (h, d, d_model), ("heads", "kv", "embed"))
+    if self.decode:
+      return self._decode_attention(inputs_q, inputs_kv, mask, bias, decode_position,
+                                    (wq, wk, wv, wo))
     project = lambda x, w: jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), w.astype(self.dtype))
 
     query = project(inputs_q, wq)
-    if self.cross and self.decode and inputs_kv is None:
-      # Later decoding steps: the encoder's keys/values were cached at step 0.
-      key = self.get_variable("cache", "cross_key")
-      value = self.get_variable("cache", "cross_value")
-    else:
-      key, value = project(inputs_kv, wk), project(inputs_kv, wv)
-      if self.cross and self.decode:
-        self.put_variable("cache", "cross_key", key)
-        self.put_variable("cache", "cross_value", value)
-    if self.decode and not self.cross:
-      initialized = self.has_variable("cache", "cached_key")
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-      if initialized:  # a real step (not the shape-only init call)
-        index = (0, decode_position, 0, 0)
-        key = jax.lax.dynamic_update_slice(cached_key.value, key, index)
-        value = jax.lax.dynamic_update_slice(cached_value.value, value, index)
-        cached_key.value, cached_value.value = key, value
+    key, value = project(inputs_kv, wk), project(inputs_kv, wv)
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
@@ -267,6 +254,83 @@ class MultiHeadAttention(nn.Module):
     weights = Dropout(self.dropout_rate)(weights, self.deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
     return jnp.einsum("bqhd,hde->bqe", out, wo.astype(self.dtype))
+
+  def _decode_attention(self, inputs_q, inputs_kv, mask, bias, decode_position, weights):
+    """Attention for incremental decoding (inference only: no dropout).
+
+    Cached keys/values are stored heads-major, [batch, heads, length, d_kv],
+    the layout both attention matmuls read directly: stored as [batch, length,
+    heads, d_kv], XLA-CPU transposed every cross-attention cache (and the
+    output projection's weights) on every step, which was about half of a
+    T5-small decoding step.
+
+    Cross-attention keys/values may have fewer rows than the queries: with
+    `inputs_kv` of batch B and queries of batch B * g (beams or samples, rows
+    of one input adjacent, as jnp.repeat(axis=0) makes them), each input's
+    g queries attend to its one cached copy, as g query positions of one
+    row. That reads the encoder's keys/values once per input rather than
+    once per beam. `mask` may have either batch (or 1).
+    """
+    wq, wk, wv, wo = (w.astype(self.dtype) for w in weights)
+    h, d = self.num_heads, self.d_kv
+    heads_major = ("batch", "heads", "length", "kv")
+
+    def project(x, w):  # a plain [B * L, E] x [E, H * D] matmul (an einsum straight to
+      # heads-major made XLA-CPU transpose the weights on every step), then heads-major
+      y = (x.astype(self.dtype) @ w.reshape(w.shape[0], h * d)).reshape(*x.shape[:2], h, d)
+      return nn.with_logical_constraint(jnp.swapaxes(y, 1, 2), heads_major)
+
+    query = project(inputs_q, wq)  # [Bq, H, Q, D]
+    if self.cross:
+      if inputs_kv is None:  # later steps: read back what step 0 cached
+        key = self.get_variable("cache", "cross_key")
+        value = self.get_variable("cache", "cross_value")
+      else:
+        key, value = project(inputs_kv, wk), project(inputs_kv, wv)
+        self.put_variable("cache", "cross_key", key)
+        self.put_variable("cache", "cross_value", value)
+    else:
+      key, value = project(inputs_kv, wk), project(inputs_kv, wv)
+      initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      if initialized:  # a real step (not the shape-only init call)
+        index = (0, 0, decode_position, 0)
+        key = jax.lax.dynamic_update_slice(cached_key.value, key, index)
+        value = jax.lax.dynamic_update_slice(cached_value.value, value, index)
+        cached_key.value, cached_value.value = key, value
+    rows, q_len = query.shape[0], query.shape[2]
+    kv_rows = key.shape[0]
+    if rows % kv_rows:
+      raise ValueError(f"{rows} query rows cannot share {kv_rows} rows of keys/values.")
+    groups = rows // kv_rows
+
+    def fold(x):  # [rows, A, Q, K] -> [kv_rows, A, g * Q, K], a row's g copies as queries
+      x = x.reshape(kv_rows, groups, *x.shape[1:])
+      return jnp.swapaxes(x, 1, 2).reshape(kv_rows, x.shape[2], groups * x.shape[3], x.shape[4])
+
+    def to_rows(x):  # a mask / bias of batch 1, kv_rows or rows -> [rows, A, Q, K]
+      if x.shape[0] == kv_rows != 1:
+        x = jnp.repeat(x, groups, axis=0)
+      return jnp.broadcast_to(x, (rows, x.shape[1], q_len, x.shape[3]))
+
+    if groups > 1:
+      query = fold(query)
+      bias = None if bias is None else fold(to_rows(bias))
+      if mask is not None and not (mask.shape[0] in (1, kv_rows) and mask.shape[2] == 1):
+        mask = fold(to_rows(mask))  # else it broadcasts over the folded queries as it is
+    scores = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+    if bias is not None:
+      scores = scores + bias
+    if mask is not None:
+      scores = jnp.where(mask, scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), value)
+    if groups > 1:  # [kv_rows, H, g * Q, D] -> [rows, H, Q, D]
+      out = jnp.swapaxes(out.reshape(kv_rows, h, groups, q_len, d), 1, 2).reshape(rows, h, q_len, d)
+    # One [rows * Q, H * D] x [H * D, E] matmul on the weights as stored.
+    out = jnp.swapaxes(out, 1, 2).reshape(rows, q_len, h * d)
+    return out @ wo.reshape(h * d, -1)
 
 
 class MlpBlock(nn.Module):

@@ -170,7 +170,7 @@ class Decoder(nn.Module):
         raise ValueError(f"decode=True steps one token at a time, got length {length}.")
       decode_position = position.value
       position.value = decode_position + 1
-      max_length = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[1]
+      max_length = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[2]
       key_positions = jnp.arange(max_length)
       bias = relpos(decode_position[None], key_positions)
       self_mask = (key_positions <= decode_position)[None, None, None, :]
@@ -231,6 +231,9 @@ class T5(nn.Module):
     With decode=True the call is one step of incremental decoding (length 1)
     against a cache from `init_cache`: `encoded` is needed on the first step
     only (its projected keys/values are cached); pass None afterwards.
+    `encoded` (and `encoder_input_tokens`) may have fewer rows than the
+    decoder tokens, B against B * g: each encoder row then serves g adjacent
+    decoder rows (beams or samples) and its keys/values are cached once.
     """
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
                         encoder_segment_ids, decoder_segment_ids, deterministic, decode)
@@ -277,7 +280,12 @@ def count_params(config: T5Config) -> int:
 
 def init_cache(config: T5Config, batch_size: int, max_decode_length: int,
                encoder_length: int):
-  """Zeroed 'cache' collection for `T5.decode(..., decode=True)`."""
+  """Zeroed 'cache' collection for `T5.decode(..., decode=True)`.
+
+  Keys/values are [batch, heads, length, d_kv]. The cross-attention entries
+  are replaced on the first step by the projected encoder output, whatever
+  its batch (see `T5.decode`).
+  """
   model = T5(config)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0),

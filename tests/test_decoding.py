@@ -194,3 +194,38 @@ def test_sharded_decoding_equals_single_device(model_and_inputs):
   sharded = decode(params, config, enc, cfg, mesh=mesh, rules="2d")
   np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
   np.testing.assert_allclose(np.asarray(sharded.scores), np.asarray(single.scores), atol=1e-5)
+
+
+@pytest.mark.parametrize("repeat_tokens", [False, True])
+def test_decode_step_with_shared_encoder_rows_equals_repeated_rows(repeat_tokens):
+  """Decoder rows B * g against B encoder rows (beams / samples sharing one
+  cross-attention cache) give the logits of B * g rows each with its own copy.
+  The cross mask may come from either batch of encoder tokens."""
+  from t5jax.config import T5Config
+  from t5jax.model import T5, init_cache, init_params
+  config = T5Config(vocab_size=96, d_model=32, num_heads=4, d_kv=8, d_ff=48, num_layers=2,
+                    feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+  model, params = T5(config), init_params(config, jax.random.PRNGKey(3))
+  rng = np.random.default_rng(3)
+  enc = rng.integers(2, 96, (2, 9)).astype(np.int32)
+  enc[1, 5:] = 0
+  groups, steps = 3, 4
+  dec = rng.integers(2, 96, (2 * groups, steps)).astype(np.int32)
+  encoded = model.apply({"params": params}, enc, method=T5.encode)
+  enc_rep, encoded_rep = np.repeat(enc, groups, axis=0), jnp.repeat(encoded, groups, axis=0)
+
+  def run(encoded, enc_tokens):
+    cache = init_cache(config, 2 * groups, steps, enc.shape[1])
+    out = []
+    for t in range(steps):
+      logits, mutated = model.apply({"params": params, "cache": cache},
+                                    encoded if t == 0 else None, enc_tokens, dec[:, t:t + 1],
+                                    decode=True, mutable=["cache"], method=T5.decode)
+      cache = mutated["cache"]
+      out.append(logits[:, 0])
+    return np.stack(out, 1), cache
+
+  shared, cache = run(encoded, enc_rep if repeat_tokens else enc)
+  own, _ = run(encoded_rep, enc_rep)
+  assert cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cross_key"].shape[0] == 2
+  np.testing.assert_allclose(shared, own, atol=1e-5, rtol=1e-5)
