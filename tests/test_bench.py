@@ -4,18 +4,11 @@ Keeps `make bench` working; the HF Flax peer is skipped (slow to compile) and
 the HF PyTorch peer runs only where torch and transformers are installed.
 """
 
-import importlib.util
-import os
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from benchmark_scripts import load_benchmark
 
 
 def _load_bench():
-  spec = importlib.util.spec_from_file_location(
-      "bench_train", os.path.join(ROOT, "benchmarks", "bench_train.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark("bench_train")
 
 
 def test_bench_train_tiny(tmp_path, capsys):

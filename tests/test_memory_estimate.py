@@ -1,22 +1,15 @@
 """benchmarks/memory_estimate.py: exact state bytes against a hand count."""
 
-import importlib.util
-import os
-
 import pytest
 
 from t5jax.config import get_config
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def estimate():
-  spec = importlib.util.spec_from_file_location(
-      "memory_estimate", os.path.join(ROOT, "benchmarks", "memory_estimate.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark("memory_estimate")
 
 
 def test_tiny_state_bytes_equal_hand_count(estimate):
