@@ -1,9 +1,10 @@
 """Training throughput: t5jax's train step vs HF transformers T5 (PyTorch and Flax), one run.
 
-    .venv/bin/python benchmarks/bench_train.py                # CPU: t5.1.0/t5.1.1-small, 4 x 256/64
+    .venv/bin/python benchmarks/bench_train.py                # CPU: t5.1.0/t5.1.1-small, 4 x 256/64,
+                                                              # float32 and bfloat16
     .venv/bin/python benchmarks/bench_train.py --full         # + base presets
     .venv/bin/python benchmarks/bench_train.py --gpu          # t5.1.1-base, 128 x 512/114, bf16
-        [--presets a,b] [--batch 4] [--input_len 256] [--target_len 64] [--dtype float32]
+        [--presets a,b] [--batch 4] [--input_len 256] [--target_len 64] [--dtype float32,bfloat16]
         [--steps 5] [--repeats 3] [--no_hf] [--no_hf_flax] [--results PATH | --no_write]
 
 Same shape, same batch and the same random weights on every side (t5jax
@@ -11,8 +12,15 @@ params exported with save_hf), same optimizer family: Adafactor with T5's
 settings (factored second moments, decay 0.8, update clipping 1.0, parameter
 scale, no momentum, lr 0.01). tokens = batch * (input_len + target_len) per
 step. MFU uses the encoder-decoder FLOP count of t5jax/flops.py over a peak
-measured in this run (float32 matmul on CPU, bf16 on GPU), for every row, so
-the MFU column compares the peers on one scale. Compilation is excluded.
+measured in this run in the row's dtype (a float32 or a bfloat16 matmul with
+float32 accumulation; bf16 on GPU), so within a dtype the MFU column compares
+the peers on one scale. Compilation is excluded.
+
+bfloat16 means float32 parameters and optimizer state with bfloat16 matmul
+inputs and float32 accumulation on every side: t5jax's `dtype='bfloat16'`,
+HF PyTorch under torch.autocast(bfloat16), HF Flax with dtype=bfloat16. On
+CPUs with AMX / AVX512-BF16 (this project's Xeon VM) such matmuls run ~4x the
+float32 peak.
 
 The HF peers are optional: rows are skipped, with the reason printed, when
 torch / transformers are missing or the peer fails (HF's Flax T5 in
@@ -24,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
+import functools
 import os
 import platform
 import resource
@@ -64,22 +74,23 @@ def _best_time(fn, repeats: int) -> float:
   return best
 
 
-def measure_peaks(on_gpu: bool, n: int, repeats: int = 5) -> dict:
-  """Square-matmul FLOP/s: JAX (the MFU denominator), plus numpy / torch for reference.
-
-  CPU: float32 (the dtype the CPU trains in); GPU: bfloat16 on the device.
-  """
-  dtype = jnp.bfloat16 if on_gpu else jnp.float32
-  x = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype))
-  matmul = jax.jit(jnp.dot)
+def measure_peaks(on_gpu: bool, n: int, dtype: str = "float32", repeats: int = 5) -> dict:
+  """Square-matmul FLOP/s in the run's dtype: JAX (the MFU denominator), plus torch (and
+  numpy in float32) for reference on CPU. A bfloat16 peak on CPU uses AMX/AVX512-BF16
+  where the CPU has them (it is ~4x the float32 peak on this project's Xeon VM)."""
+  x = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)),
+                                 jnp.dtype(dtype)))
+  # float32 accumulation, as the model's matmuls (a bfloat16 result is a slow path on CPU)
+  matmul = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
   peaks = {"jax": 2 * n ** 3 / _best_time(lambda: matmul(x, x).block_until_ready(), repeats)}
   if not on_gpu:
     a = np.array(x, np.float32)
-    peaks["numpy"] = 2 * n ** 3 / _best_time(lambda: a @ a, repeats)
+    if dtype == "float32":
+      peaks["numpy"] = 2 * n ** 3 / _best_time(lambda: a @ a, repeats)
     try:
       import torch
       torch.set_num_threads(os.cpu_count())
-      t = torch.from_numpy(a)
+      t = torch.from_numpy(a).to(getattr(torch, dtype))
       peaks["torch"] = 2 * n ** 3 / _best_time(lambda: t @ t, repeats)
     except ImportError:
       pass
@@ -160,7 +171,7 @@ def bench_t5jax(config, args, peak: float) -> dict:
 
 # ----------------------------------------------------------------------------- HF PyTorch
 
-def bench_hf_torch(hf_dir: str, config, args) -> dict:
+def bench_hf_torch(hf_dir: str, config, args, dtype: str) -> dict:
   import torch
   import transformers
   from transformers.optimization import Adafactor
@@ -175,8 +186,8 @@ def bench_hf_torch(hf_dir: str, config, args) -> dict:
                   warmup_init=False)
   batch = {k: torch.as_tensor(v).to(device) for k, v in synthetic_batch(
       args.batch, args.input_len, args.target_len, config.vocab_size).items()}
-  autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.dtype == "bfloat16"
-              else torch.autocast("cpu", enabled=False))
+  # Same compute dtype as t5jax: float32 params, bfloat16 matmuls under autocast.
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def step():
     with autocast:
@@ -220,7 +231,7 @@ def install_jnp_clip_shim() -> None:
   jnp.clip = clip
 
 
-def bench_hf_flax(hf_dir: str, config, args) -> dict:
+def bench_hf_flax(hf_dir: str, config, args, dtype: str) -> dict:
   import optax
   import transformers
 
@@ -228,11 +239,11 @@ def bench_hf_flax(hf_dir: str, config, args) -> dict:
   try:
     import torch  # noqa: F401  (from_pt needs it: then the weights are the same)
     model = transformers.FlaxT5ForConditionalGeneration.from_pretrained(
-        hf_dir, from_pt=True, dtype=jnp.dtype(args.dtype))
+        hf_dir, from_pt=True, dtype=jnp.dtype(dtype))
   except ImportError:  # no torch: same shapes, HF's own random init
     hf_config = transformers.T5Config.from_pretrained(hf_dir)
     model = transformers.FlaxT5ForConditionalGeneration(hf_config, seed=0,
-                                                        dtype=jnp.dtype(args.dtype))
+                                                        dtype=jnp.dtype(dtype))
   tx = optax.adafactor(learning_rate=LR, min_dim_size_to_factor=128, decay_rate=0.8,
                        multiply_by_parameter_scale=True, clipping_threshold=1.0, eps=1e-30)
   params = jax.device_put(model.params)
@@ -293,7 +304,8 @@ def machine_description(peaks: dict) -> str:
       versions.append(f"{name} {__import__(name).__version__}")
     except ImportError:
       versions.append(f"{name} missing")
-  peak_text = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+  peak_text = "; ".join(f"{dtype}: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in p.items())
+                        + " GFLOP/s" for dtype, p in peaks.items())
   try:  # other jobs on a shared machine slow every row and the peak alike
     with open("/proc/loadavg") as f:
       load = f"; load average at start {f.read().split()[0]}"
@@ -307,17 +319,18 @@ def _gib(n) -> str:
 
 
 def make_table(rows: list[dict], args) -> str:
-  lines = ["| model | peer | step s (median) | step s (best) | tokens/s (median) | seq/s | "
+  lines = ["| model | dtype | peer | step s (median) | step s (best) | tokens/s (median) | seq/s | "
            "TFLOP/s | MFU | t5jax / peer | peak mem GiB | compile s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     if "skipped" in r:
-      lines.append(f"| {r['preset']} | {r['peer']} | skipped: {r['skipped']} | | | | | | | | |")
+      lines.append(f"| {r['preset']} | {r['dtype']} | {r['peer']} | skipped: {r['skipped']} "
+                   "| | | | | | | | |")
       continue
     ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
     compile_s = f"{r['compile_s']:.0f}" if r.get("compile_s") else "-"
     lines.append(
-        f"| {r['preset']} | {r['peer']} | {r['median']:.3f} | {r['best']:.3f} | "
+        f"| {r['preset']} | {r['dtype']} | {r['peer']} | {r['median']:.3f} | {r['best']:.3f} | "
         f"{r['tokens_per_s']:.0f} | {r['seq_per_s']:.2f} | {r['tflops']:.3f} | "
         f"{100 * r['mfu']:.1f}% | {ratio} | {_gib(r['memory'])} | {compile_s} |")
   return "\n".join(lines)
@@ -332,7 +345,8 @@ def parse_args(argv):
   parser.add_argument("--batch", type=int, default=None)
   parser.add_argument("--input_len", type=int, default=None)
   parser.add_argument("--target_len", type=int, default=None)
-  parser.add_argument("--dtype", default=None, help="activation dtype (params stay float32)")
+  parser.add_argument("--dtype", default=None,
+                      help="comma-separated activation dtypes (params stay float32)")
   parser.add_argument("--dropout", type=float, default=None,
                       help="override the preset's dropout on every side")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
@@ -353,7 +367,7 @@ def parse_args(argv):
                "dtype": "bfloat16", "peak_n": 8192} if gpu else
               {"presets": "t5.1.0-small,t5.1.1-small" + (",t5.1.0-base,t5.1.1-base"
                                                          if args.full else ""),
-               "batch": 4, "input_len": 256, "target_len": 64, "dtype": "float32",
+               "batch": 4, "input_len": 256, "target_len": 64, "dtype": "float32,bfloat16",
                "peak_n": 2048})
   if gpu and args.full and args.presets is None:
     defaults["presets"] = "t5.1.1-small,t5.1.0-base,t5.1.1-base"
@@ -384,21 +398,22 @@ def main(argv=None) -> list[dict]:
 
 
 def _run(args, argv) -> list[dict]:
-  peaks = measure_peaks(args.on_gpu, args.peak_n)
-  peak = peaks["jax"]
+  dtypes = args.dtype.split(",")
+  peaks = {dtype: measure_peaks(args.on_gpu, args.peak_n, dtype) for dtype in dtypes}
   machine = machine_description(peaks)
   print(f"Machine: {machine}", flush=True)
 
   rows = []
-  for preset in args.presets.split(","):
-    overrides = {"dtype": args.dtype}
+  for dtype, preset in itertools.product(dtypes, args.presets.split(",")):
+    peak = peaks[dtype]["jax"]
+    overrides = {"dtype": dtype}
     if args.dropout is not None:
       overrides["dropout_rate"] = args.dropout
     config = get_config(preset, **overrides)
     step_flops = flops.train_step_flops(config, args.batch, args.input_len, args.target_len)
     tokens = args.batch * (args.input_len + args.target_len)
     print(f"\n{preset}: {format_count(count_params(config))} params, batch {args.batch}, "
-          f"{args.input_len}/{args.target_len}, {args.dtype}, dropout {config.dropout_rate}, "
+          f"{args.input_len}/{args.target_len}, {dtype}, dropout {config.dropout_rate}, "
           f"{step_flops / 1e9:.1f} GFLOP/step", flush=True)
     params = init_params(config, jax.random.PRNGKey(0))
 
@@ -412,7 +427,7 @@ def _run(args, argv) -> list[dict]:
         del params
         for name, fn in peers:
           try:
-            results[name] = fn(hf_dir, config, args)
+            results[name] = fn(hf_dir, config, args, dtype)
           except Exception as e:  # a peer that cannot run here is skipped, not fatal
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             print(f"  {name} skipped: {reason}", flush=True)
@@ -422,7 +437,7 @@ def _run(args, argv) -> list[dict]:
 
     ours = statistics.median(results["t5jax"]["times"])
     for name, r in results.items():
-      row = {"preset": preset, "peer": name}
+      row = {"preset": preset, "dtype": dtype, "peer": name}
       if "skipped" in r:
         rows.append({**row, "skipped": r["skipped"]})
         continue
@@ -438,9 +453,10 @@ def _run(args, argv) -> list[dict]:
             f"MFU {100 * row['mfu']:.1f}%, loss {r['loss']:.3f}", flush=True)
 
   mem_label = next((r["memory_label"] for r in rows if r.get("memory_label")), "-")
-  header = (f"Training step, batch {args.batch}, {args.input_len}/{args.target_len}, "
-            f"{args.dtype}; tokens = batch x (inputs + targets); MFU over the measured "
-            f"{'bf16' if args.on_gpu else 'float32'} jax matmul peak {peak / 1e9:.1f} GFLOP/s; "
+  peak_text = ", ".join(f"{dtype} {p['jax'] / 1e9:.1f}" for dtype, p in peaks.items())
+  header = (f"Training step, batch {args.batch}, {args.input_len}/{args.target_len}; "
+            f"tokens = batch x (inputs + targets); MFU over the jax matmul peak measured in "
+            f"the row's dtype ({peak_text} GFLOP/s); "
             f"median of {args.repeats} blocks of {args.steps} steps; t5jax / peer = peer step "
             f"time / t5jax step time; peak mem = {mem_label}.")
   table = make_table(rows, args)

@@ -205,19 +205,88 @@ def _add_batch_shared_bias_bwd(_, grad):
 _add_batch_shared_bias.defvjp(_add_batch_shared_bias_fwd, _add_batch_shared_bias_bwd)
 
 
+def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
+  """jnp.einsum of `a` and `b` computed in `dtype`, the result in `out_dtype` (default
+  `dtype`). In float32 this is the plain einsum. In a low precision (bfloat16) the
+  products accumulate in float32, forward and backward (`_low_precision_einsum`)."""
+  dtype = jnp.dtype(dtype)
+  out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
+  if dtype == jnp.float32:
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
+                      preferred_element_type=jnp.float32).astype(out_dtype)
+  return _low_precision_einsum(spec, dtype, out_dtype, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _low_precision_einsum(spec, dtype, out_dtype, a, b):
+  """Why a custom gradient: XLA-CPU runs a bfloat16 dot with a bfloat16 result on a
+  slow path (~180 GFLOP/s on this project's Xeon, like float32), but bfloat16
+  inputs with a float32 result on AMX (~900+). Autodiff of such a dot would hand
+  the backward dots float32 cotangents and so float32 (upcast) operands. Here all
+  three dots take `dtype` operands and accumulate in float32; each gradient comes
+  back in its operand's own dtype, so a float32 weight gets an unrounded float32
+  gradient (T5X's bfloat16 recipe keeps float32 parameters too)."""
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
+                    preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _low_precision_einsum_fwd(spec, dtype, out_dtype, a, b):
+  out = _low_precision_einsum(spec, dtype, out_dtype, a, b)
+  # The dtype tokens carry each operand's dtype (residuals must be arrays).
+  return out, (a.astype(dtype), b.astype(dtype), jnp.zeros((0,), a.dtype),
+               jnp.zeros((0,), b.dtype))
+
+
+def _low_precision_einsum_bwd(spec, dtype, out_dtype, res, grad):
+  a, b, a_token, b_token = res
+  inputs, out = spec.replace(" ", "").split("->")
+  a_spec, b_spec = inputs.split(",")
+  grad = grad.astype(dtype)
+  # Matmul-style specs only: every index of an operand appears in the other operand or
+  # the output, so each gradient is one einsum of the cotangent with the other operand.
+  grad_a = _contract_last_dot(f"{out},{b_spec}->{a_spec}", grad, b)
+  grad_b = _contract_last_dot(f"{a_spec},{out}->{b_spec}", a, grad)
+  return grad_a.astype(a_token.dtype), grad_b.astype(b_token.dtype)
+
+
+def _contract_last_dot(spec: str, x: Array, y: Array) -> Array:
+  """einsum(spec, x, y) accumulating in float32, with x's contracted axes moved last
+  first. XLA-CPU's fast low-precision kernel takes a left operand contracted on its
+  last axes only; XLA folds a plain transpose back into the dot (and then falls
+  back to a kernel without bfloat16 x bfloat16 -> float32), so the moved copy is
+  pinned with an optimization barrier."""
+  inputs, out = spec.split("->")
+  x_spec, y_spec = inputs.split(",")
+  if "." not in x_spec:
+    contracted = [c for c in x_spec if c in y_spec and c not in out]
+    moved = "".join(c for c in x_spec if c not in contracted) + "".join(contracted)
+    if moved != x_spec:
+      x = jax.lax.optimization_barrier(jnp.einsum(f"{x_spec}->{moved}", x))
+      x_spec = moved
+  return jnp.einsum(f"{x_spec},{y_spec}->{out}", x, y, preferred_element_type=jnp.float32)
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
+def matmul(x: Array, kernel: Array, dtype) -> Array:
+  """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`)."""
+  return einsum("...k,kn->...n", x, kernel, dtype)
+
+
 def _project_to_heads(x: Array, kernel: Array, dtype) -> Array:
   """[B, L, E] x [E, H, D] -> [B, L, H, D] as one plain [B*L, E] x [E, H*D] matmul on
   the reshaped (not transposed) kernel. 3-D einsums made XLA-CPU copy weights and
   activations: ~8% of a T5-small training step, and every decoding step."""
   e, h, d = kernel.shape
-  y = x.astype(dtype) @ kernel.astype(dtype).reshape(e, h * d)
+  y = matmul(x, kernel.reshape(e, h * d), dtype)
   return y.reshape(*y.shape[:-1], h, d)
 
 
 def _project_from_heads(x: Array, kernel: Array, dtype) -> Array:
   """[B, L, H, D] x [H, D, E] -> [B, L, E], likewise one 2-D matmul."""
   h, d, e = kernel.shape
-  return x.reshape(*x.shape[:2], h * d) @ kernel.astype(dtype).reshape(h * d, e)
+  return matmul(x.reshape(*x.shape[:2], h * d), kernel.reshape(h * d, e), dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -260,14 +329,14 @@ class MultiHeadAttention(nn.Module):
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32)
     if bias is not None:
       scores = add_shared_bias(scores, bias)
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
     weights = Dropout(self.dropout_rate)(weights, self.deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    out = einsum("bhqk,bkhd->bqhd", weights, value, self.dtype)
     return _project_from_heads(out, wo, self.dtype)
 
   def _decode_attention(self, inputs_q, inputs_kv, mask, bias, decode_position, weights):
@@ -334,13 +403,13 @@ class MultiHeadAttention(nn.Module):
       bias = None if bias is None else fold(to_rows(bias))
       if mask is not None and not (mask.shape[0] in (1, kv_rows) and mask.shape[2] == 1):
         mask = fold(to_rows(mask))  # else it broadcasts over the folded queries as it is
-    scores = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = einsum("bhqd,bhkd->bhqk", query, key, self.dtype, jnp.float32)
     if bias is not None:
       scores = scores + bias
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), value)
+    out = einsum("bhqk,bhkd->bhqd", probs, value, self.dtype)
     if groups > 1:  # [kv_rows, H, g * Q, D] -> [rows, H, Q, D]
       out = jnp.swapaxes(out.reshape(kv_rows, h, groups, q_len, d), 1, 2).reshape(rows, h, q_len, d)
     return _project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype)
@@ -359,8 +428,8 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     d_model = x.shape[-1]
     x = x.astype(self.dtype)
-    up = lambda name: x @ _param(self, name, dense_init(0, 1), (d_model, self.d_ff),
-                                 ("embed", "mlp")).astype(self.dtype)
+    up = lambda name: matmul(x, _param(self, name, dense_init(0, 1), (d_model, self.d_ff),
+                                       ("embed", "mlp")), self.dtype)
     if self.gated:
       hidden = jax.nn.gelu(up("wi_0"), approximate=True) * up("wi_1")
     else:
@@ -368,7 +437,7 @@ class MlpBlock(nn.Module):
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     hidden = Dropout(self.dropout_rate)(hidden, self.deterministic)
     wo = _param(self, "wo", dense_init(0, 1), (self.d_ff, d_model), ("mlp", "embed"))
-    return hidden @ wo.astype(self.dtype)
+    return matmul(hidden, wo, self.dtype)
 
 
 class Embed(nn.Module):
@@ -386,8 +455,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)

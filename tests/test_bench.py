@@ -17,14 +17,17 @@ def test_bench_train_tiny(tmp_path, capsys):
   rows = bench.main(["--presets", "tiny", "--batch", "8", "--input_len", "16",
                      "--target_len", "8", "--steps", "1", "--repeats", "1", "--warmup", "1",
                      "--peak_n", "256", "--fast_compile", "--no_hf_flax", "--results", str(results)])
-  ours = next(r for r in rows if r["peer"] == "t5jax")
-  assert ours["tokens_per_s"] > 0 and 0 < ours["mfu"] < 1
-  assert ours["tokens_per_s"] == 8 * 24 / ours["median"]
-  hf = next(r for r in rows if r["peer"] == "HF PyTorch")
-  assert "skipped" in hf or hf["ratio"] > 0
+  assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}  # the CPU default: both
+  for dtype in ("float32", "bfloat16"):
+    ours = next(r for r in rows if r["peer"] == "t5jax" and r["dtype"] == dtype)
+    assert ours["tokens_per_s"] > 0 and 0 < ours["mfu"] < 1
+    assert ours["tokens_per_s"] == 8 * 24 / ours["median"]
+    hf = next(r for r in rows if r["peer"] == "HF PyTorch" and r["dtype"] == dtype)
+    assert "skipped" in hf or hf["ratio"] > 0
   text = results.read_text()
-  assert "| tiny | t5jax |" in text and "Machine:" in text
-  assert "| model | peer |" in capsys.readouterr().out
+  assert "| tiny | float32 | t5jax |" in text and "| tiny | bfloat16 | t5jax |" in text
+  assert "Machine:" in text
+  assert "| model | dtype | peer |" in capsys.readouterr().out
 
 
 def test_jnp_clip_shim_accepts_numpy_names():

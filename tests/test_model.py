@@ -209,3 +209,53 @@ def test_shared_bias_gradient_sums_the_batch(batch):
   want = jax.grad(loss(jnp.add), argnums=(0, 1))(scores, bias)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec,a_shape,b_shape", [
+    ("...k,kn->...n", (2, 5, 8), (8, 6)),              # projections, MLP
+    ("bqhd,bkhd->bhqk", (2, 3, 4, 5), (2, 7, 4, 5)),   # attention scores
+    ("bhqk,bkhd->bqhd", (2, 4, 3, 7), (2, 7, 4, 5)),   # attention output
+    ("bld,vd->blv", (2, 3, 8), (11, 8)),               # tied logits
+])
+def test_low_precision_einsum_accumulates_in_float32_both_ways(spec, a_shape, b_shape):
+  """bfloat16 einsum's custom backward = float32 math on the bfloat16-rounded operands
+  and cotangent; a float32 operand gets a float32 gradient, a bfloat16 one bfloat16."""
+  from t5jax.layers import einsum
+  rnd = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  a = jax.random.normal(keys[0], a_shape)
+  b = jax.random.normal(keys[1], b_shape)
+  out = jnp.einsum(spec, a, b)
+  weights = rnd(jax.random.normal(keys[2], out.shape))  # the cotangent, exact in bf16
+  loss = lambda f: lambda a, b: jnp.sum(f(a, b).astype(jnp.float32) * weights)
+  got_out = jax.jit(lambda a, b: einsum(spec, a, b, jnp.bfloat16, jnp.float32))(a, b)
+  np.testing.assert_allclose(got_out, jnp.einsum(spec, rnd(a), rnd(b)), rtol=1e-5, atol=1e-5)
+  got = jax.jit(jax.grad(loss(lambda a, b: einsum(spec, a, b, jnp.bfloat16, jnp.float32)),
+                         argnums=(0, 1)))(a, b)
+  want = jax.grad(loss(lambda a, b: jnp.einsum(spec, a, b)), argnums=(0, 1))(rnd(a), rnd(b))
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  g_a, g_b = jax.grad(loss(lambda a, b: einsum(spec, a, b, jnp.bfloat16)), argnums=(0, 1))(
+      a.astype(jnp.bfloat16), b)
+  assert (g_a.dtype, g_b.dtype) == (jnp.bfloat16, jnp.float32)
+
+
+def test_bfloat16_gradients_track_float32():
+  """The whole model's bf16 backward (every dot on the bf16-in / f32-out path, which
+  XLA-CPU must be able to run) gives float32 parameter gradients close to float32's."""
+  config = CONFIGS["v1.1-deeper-decoder"].replace(dropout_rate=0.0)
+  params = init_params(config, jax.random.PRNGKey(4))
+  enc, dec = _inputs(4)
+
+  def loss(p, cfg):
+    logits = T5(cfg).apply({"params": p}, enc, dec)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  full, half = grad(params, config), grad(params, config.replace(dtype="bfloat16"))
+  for path, g32 in flatten(full).items():
+    g16 = flatten(half)[path]
+    assert g16.dtype == jnp.float32, path
+    scale = np.abs(np.asarray(g32)).max() + 1e-8
+    assert np.abs(np.asarray(g16 - g32)).max() < 0.05 * scale, path
