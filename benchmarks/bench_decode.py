@@ -1,11 +1,16 @@
 """Decoding throughput: t5jax cached greedy / beam-4 vs HF transformers' generate.
 
     .venv/bin/python benchmarks/bench_decode.py [--preset t5.1.0-small] [--batch 4]
-        [--input_len 256] [--new_tokens 64] [--repeats 3]
+        [--input_len 256] [--new_tokens 64] [--repeats 3] [--dtype float32,bfloat16]
 
 Same random weights (t5jax params exported to HF), same inputs, same machine,
 one run. New tokens are counted as batch * new_tokens (EOS is suppressed by
 banning EOS until the last token on both sides).
+
+bfloat16 rows: t5jax with `dtype='bfloat16'` (matmul weights cast to bf16 once
+per decode, float32 accumulation, norms / softmax / logits in float32) against
+HF with the model converted by `.to(torch.bfloat16)`, the usual way to run
+HF inference in bf16.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def main(argv=None):
   parser.add_argument("--input_len", type=int, default=256)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
   parser.add_argument("--no_hf", action="store_true", help="skip the HF peer")
   args = parser.parse_args(argv)
 
@@ -47,22 +53,25 @@ def main(argv=None):
   from t5jax.decoding import DecodeConfig, decode
   from t5jax.model import init_params
 
-  config = get_config(args.preset, dropout_rate=0.0)
-  params = init_params(config, jax.random.PRNGKey(0))
+  base = get_config(args.preset, dropout_rate=0.0)
+  params = init_params(base, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   enc = rng.integers(2, 32000, (args.batch, args.input_len)).astype(np.int32)
   n_tokens = args.batch * args.new_tokens
-  rows = []
 
-  def ours(method, beams):
+  def ours(config, method, beams):
     # EOS banned until the end, as HF's min_new_tokens: both sides make every token.
     cfg = DecodeConfig(method=method, num_beams=beams, max_decode_length=args.new_tokens,
                        min_decode_length=args.new_tokens, alpha=0.0)
     return lambda: jax.block_until_ready(decode(params, config, enc, cfg).tokens)
 
   results = {}
-  for name, method, beams in (("greedy", "greedy", 1), ("beam-4", "beam", 4)):
-    results[name] = {"t5jax": n_tokens / _time(ours(method, beams), args.repeats)}
+  for dtype in args.dtype.split(","):
+    config = base.replace(dtype=dtype)
+    for name, method, beams in (("greedy", "greedy", 1), ("beam-4", "beam", 4)):
+      rate = n_tokens / _time(ours(config, method, beams), args.repeats)
+      results[dtype, name] = {"t5jax": rate}
+      print(f"  t5jax {dtype} {name}: {rate:.1f} tokens/s", flush=True)
 
   if not args.no_hf:
     import torch
@@ -70,11 +79,11 @@ def main(argv=None):
     from t5jax.conversion.hf import save_hf
     torch.set_num_threads(os.cpu_count())
     with tempfile.TemporaryDirectory() as tmp:
-      save_hf(tmp, config, params)
-      hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
+      save_hf(tmp, base, params)
+      hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
     ids = torch.tensor(enc, dtype=torch.long)
 
-    def theirs(beams):
+    def theirs(hf, beams):
       def run():
         with torch.no_grad():
           hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
@@ -82,18 +91,22 @@ def main(argv=None):
                       min_new_tokens=args.new_tokens, length_penalty=0.0)
       return run
 
-    for name, beams in (("greedy", 1), ("beam-4", 4)):
-      results[name]["hf"] = n_tokens / _time(theirs(beams), args.repeats)
+    for dtype in args.dtype.split(","):
+      hf = hf_float32 if dtype == "float32" else hf_float32.to(getattr(torch, dtype))
+      for name, beams in (("greedy", 1), ("beam-4", 4)):
+        rate = n_tokens / _time(theirs(hf, beams), args.repeats)
+        results[dtype, name]["hf"] = rate
+        print(f"  HF {dtype} {name}: {rate:.1f} tokens/s", flush=True)
 
   print(f"\nDecoding {args.preset}, batch {args.batch}, {args.input_len} input tokens, "
         f"{args.new_tokens} new tokens ({jax.devices()[0].platform}, {os.cpu_count()} cores)")
-  print("| method | t5jax tokens/s | HF generate tokens/s | t5jax / HF |")
-  print("|---|---:|---:|---:|")
-  for name, r in results.items():
+  print("| dtype | method | t5jax tokens/s | HF generate tokens/s | t5jax / HF |")
+  print("|---|---|---:|---:|---:|")
+  for (dtype, name), r in results.items():
     hf_rate = r.get("hf")
     ratio = f"{r['t5jax'] / hf_rate:.2f}x" if hf_rate else "-"
     hf_text = f"{hf_rate:.1f}" if hf_rate else "-"
-    print(f"| {name} | {r['t5jax']:.1f} | {hf_text} | {ratio} |")
+    print(f"| {dtype} | {name} | {r['t5jax']:.1f} | {hf_text} | {ratio} |")
   return results
 
 

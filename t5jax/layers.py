@@ -8,6 +8,8 @@ T5X checkpoint maps onto this tree by reshaping alone.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any
 
@@ -269,9 +271,32 @@ def _contract_last_dot(spec: str, x: Array, y: Array) -> Array:
 _low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
 
 
-def matmul(x: Array, kernel: Array, dtype) -> Array:
+_KERNELS_OUT_IN = contextvars.ContextVar("t5jax_kernels_out_in", default=False)
+
+
+@contextlib.contextmanager
+def kernels_stored_out_in():
+  """While tracing under this, `matmul` contracts each kernel as `kernel.T` [N, K].
+
+  For decoding (t5jax.decoding): its weights enter jit stored [out, in] and are
+  handed to the model as `stored.T`, so the two transposes cancel and the dot
+  reads the stored layout. XLA-CPU streams a [N, K] weight ~3x faster than a
+  [K, N] one for few-row bf16 matmuls, but would copy any weight it may lay out
+  itself back to [K, N]."""
+  token = _KERNELS_OUT_IN.set(True)
+  try:
+    yield
+  finally:
+    _KERNELS_OUT_IN.reset(token)
+
+
+def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
   """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`)."""
-  return einsum("...k,kn->...n", x, kernel, dtype)
+  if _KERNELS_OUT_IN.get():  # a 2-D dot: XLA keeps [N, K] for those, but canonicalises
+    # a [..., K] x [N, K] dot by copying the weight to [K, N]
+    y = einsum("mk,nk->mn", x.reshape(-1, x.shape[-1]), kernel.T, dtype, out_dtype)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+  return einsum("...k,kn->...n", x, kernel, dtype, out_dtype)
 
 
 def _project_to_heads(x: Array, kernel: Array, dtype) -> Array:
@@ -455,6 +480,8 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
+    if _KERNELS_OUT_IN.get():  # decoding: the [vocab, embed] table is [out, in] already
+      return matmul(x, self.embedding.T, self.dtype, jnp.float32)
     return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32)
 
 

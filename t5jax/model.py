@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from t5jax.config import SCANNED_LAYERS, T5Config
 from t5jax.layers import (Dropout, Embed, MlpBlock, MultiHeadAttention, RMSNorm,
-                          RelativePositionBias, dense_init, einsum, remat_policy, _param)
+                          RelativePositionBias, dense_init, matmul, remat_policy, _param)
 
 Array = jax.Array
 
@@ -204,7 +204,7 @@ class Decoder(nn.Module):
     else:
       kernel = _param(self, "logits_dense", dense_init(0, 1), (cfg.d_model, cfg.vocab_size),
                       ("embed", "vocab"))
-      logits = einsum("bld,dv->blv", x, kernel, cfg.dtype, jnp.float32)
+      logits = matmul(x, kernel, cfg.dtype).astype(jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

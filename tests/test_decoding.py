@@ -229,3 +229,44 @@ def test_decode_step_with_shared_encoder_rows_equals_repeated_rows(repeat_tokens
   own, _ = run(encoded_rep, enc_rep)
   assert cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cross_key"].shape[0] == 2
   np.testing.assert_allclose(shared, own, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_decoding_layout_is_only_a_layout(model_and_inputs):
+  """bf16 decoding stores matmul weights [out, in] (`prepare_params`) and contracts them
+  under `kernels_stored_out_in`: the model's logits are the plain bf16 model's, and
+  greedy decoding equals a full-forward (uncached) bf16 argmax loop."""
+  from t5jax.decoding import _restore, prepare_params
+  from t5jax.layers import kernels_stored_out_in
+  from t5jax.model import T5
+  _, config, params, enc = model_and_inputs
+  config = config.replace(dtype="bfloat16")
+  prepared = prepare_params(params, config)
+  assert prepared["decoder"]["layers_0"]["mlp"]["wo"].shape == \
+      params["decoder"]["layers_0"]["mlp"]["wo"].shape[::-1]
+  dec = np.asarray(enc[:, :6])
+
+  @jax.jit
+  def stored_logits(prepared):
+    with kernels_stored_out_in():
+      return T5(config).apply({"params": _restore(prepared, config)}, enc, dec)
+  plain = jax.jit(lambda p: T5(config).apply({"params": p}, enc, dec))(params)
+  np.testing.assert_allclose(stored_logits(prepared), plain, rtol=1e-5, atol=1e-5)
+
+  out = decode(params, config, enc, DecodeConfig(max_decode_length=8))
+  forward = jax.jit(lambda p, d: T5(config).apply({"params": p}, enc, d))
+  seqs = np.zeros((enc.shape[0], 1), np.int32)  # the decoder start token (0)
+  for _ in range(8):
+    next_token = np.argmax(np.asarray(forward(params, seqs))[:, -1], axis=-1)
+    seqs = np.concatenate([seqs, next_token[:, None].astype(np.int32)], axis=1)
+  ref = seqs[:, 1:]
+  ref = np.where(np.cumsum(ref == 1, axis=1) - (ref == 1) > 0, 0, ref)
+  np.testing.assert_array_equal(np.asarray(out.tokens[:, 0]), ref)
+  assert len(np.unique(ref)) > 1
+
+
+def test_first_argmax_is_argmax():
+  from t5jax.decoding import first_argmax
+  x = jnp.array([[0.0, 3.0, 3.0, -1.0], [5.0, 1.0, 5.0, 5.0], [-2.0, -1.0, -3.0, -1.5]])
+  np.testing.assert_array_equal(first_argmax(x), jnp.argmax(x, axis=-1))
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 1000))
+  np.testing.assert_array_equal(first_argmax(x), jnp.argmax(x, axis=-1))
