@@ -252,14 +252,14 @@ def _low_precision_einsum_bwd(spec, dtype, out_dtype, res, grad):
 
 
 def _contract_last_dot(spec: str, x: Array, y: Array) -> Array:
-  """einsum(spec, x, y) accumulating in float32, with x's contracted axes moved last
-  first. XLA-CPU's fast low-precision kernel takes a left operand contracted on its
+  """einsum(spec, x, y) accumulating in float32, on CPU with x's contracted axes moved
+  last first. XLA-CPU's fast low-precision kernel takes a left operand contracted on its
   last axes only; XLA folds a plain transpose back into the dot (and then falls
   back to a kernel without bfloat16 x bfloat16 -> float32), so the moved copy is
   pinned with an optimization barrier."""
   inputs, out = spec.split("->")
   x_spec, y_spec = inputs.split(",")
-  if "." not in x_spec:
+  if "." not in x_spec and jax.default_backend() == "cpu":  # GPU/TPU dots take either
     contracted = [c for c in x_spec if c in y_spec and c not in out]
     moved = "".join(c for c in x_spec if c not in contracted) + "".join(contracted)
     if moved != x_spec:

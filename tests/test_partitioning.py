@@ -76,6 +76,19 @@ def test_sharded_equals_single_device(reference, mesh_config):
   assert len(wi.addressable_shards) == 8
 
 
+def test_bfloat16_sharded_equals_single_device():
+  """bf16 matmuls (custom float32-accumulating backward) shard like float32 ones."""
+  config = CONFIG.replace(dtype="bfloat16")
+  ref_losses, ref_params, _ = run_steps(pt.MeshConfig(1, 1), devices=jax.devices()[:1],
+                                        config=config)
+  losses, params, _ = run_steps(pt.MeshConfig(data=4, model=2, rules="2d"), config=config)
+  # bf16 roundings of float32 sums taken in another order: close, not equal.
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-3)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)
+
+
 def test_opt_state_shardings_follow_params():
   mesh = pt.make_mesh(pt.MeshConfig(4, 2, "2d"))
   tx = make_optimizer(OPT)
