@@ -111,4 +111,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from t5jax.hugepages import reexec_with_hugepage_malloc
+  reexec_with_hugepage_malloc()  # both t5jax and the HF peers run with it
   main()

@@ -2,6 +2,6 @@
 
 import sys
 
-from t5jax.cli import main
+from t5jax.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def entry() -> int:
+  """The `t5jax` console script and `python -m t5jax`: huge-page malloc, then main."""
+  from t5jax.hugepages import reexec_with_hugepage_malloc
+  reexec_with_hugepage_malloc()
+  return main()
+
+
 def main(argv: list[str] | None = None) -> int:
   import os
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF (data pipeline only) is chatty

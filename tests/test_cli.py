@@ -62,3 +62,23 @@ def test_convert_hf_to_t5jax_and_back(tmp_path, capsys):
 def test_convert_missing_source(tmp_path, capsys):
   assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
   assert "does not exist" in capsys.readouterr().err
+
+
+def test_entry_points_reexec_once_with_hugepage_malloc():
+  """`python -m t5jax` (and the console script) re-exec once with glibc's THP tunable,
+  appended to any tunables the user set; T5JAX_NO_HUGEPAGES=1 turns it off."""
+  import platform
+  if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    return  # a no-op there by design
+  code = ("import os; from t5jax.hugepages import reexec_with_hugepage_malloc; "
+          "reexec_with_hugepage_malloc(); print(os.environ.get('GLIBC_TUNABLES'))")
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "T5JAX_NO_HUGEPAGES")}
+  run = lambda **env: subprocess.run([sys.executable, "-c", code], check=True, text=True,
+                                     capture_output=True, env={**base, **env}).stdout
+  assert run() == "glibc.malloc.hugetlb=1\n"  # printed once: by the re-executed process
+  assert run(GLIBC_TUNABLES="glibc.malloc.check=0") == \
+      "glibc.malloc.check=0:glibc.malloc.hugetlb=1\n"
+  assert run(T5JAX_NO_HUGEPAGES="1") == "None\n"
+  out = subprocess.run([sys.executable, "-m", "t5jax", "params", "tiny"], check=True,
+                       text=True, capture_output=True).stdout
+  assert out.startswith("tiny")
