@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5jax.reductions import tree_sum_leading
+
 Array = jax.Array
 # Large negative instead of -inf: a fully masked row (a padding query) then gives a
 # uniform softmax rather than NaNs, and its output is ignored by the loss anyway.
@@ -194,14 +196,7 @@ def _add_batch_shared_bias_bwd(_, grad):
     return grad, jnp.sum(grad, axis=0, keepdims=True)
   # XLA-CPU runs a reduction over this leading axis through a slow YNN path
   # (~100 ms for six T5-small layers); a tree of elementwise adds is ~1 ms.
-  total = grad
-  while total.shape[0] > 1:
-    half = total.shape[0] // 2
-    folded = total[:half] + total[half:2 * half]
-    if total.shape[0] % 2:
-      folded = folded.at[:1].add(total[2 * half:])
-    total = folded
-  return grad, total
+  return grad, tree_sum_leading(grad)
 
 
 _add_batch_shared_bias.defvjp(_add_batch_shared_bias_fwd, _add_batch_shared_bias_bwd)
