@@ -64,7 +64,8 @@ def measured_peak_flops(dtype: str = "bfloat16", n: int = 2048, repeats: int = 5
   if device.platform == "cpu":
     n = min(n, 512)  # keep CPU start-up fast
   x = jax.device_put(jnp.ones((n, n), dtype), device)
-  matmul = jax.jit(lambda a: a @ a)
+  # float32 accumulation, as the model's matmuls: a bf16-result dot is a slow path on CPU
+  matmul = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
   matmul(x).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
