@@ -204,7 +204,7 @@ class Decoder(nn.Module):
     else:
       kernel = _param(self, "logits_dense", dense_init(0, 1), (cfg.d_model, cfg.vocab_size),
                       ("embed", "vocab"))
-      logits = matmul(x, kernel, cfg.dtype).astype(jnp.float32)
+      logits = matmul(x, kernel, cfg.dtype, jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
