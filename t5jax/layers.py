@@ -292,13 +292,10 @@ def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
     y = einsum("mk,nk->mn", x.reshape(-1, x.shape[-1]), kernel.T, dtype, out_dtype)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
   if jnp.dtype(dtype) == jnp.float32:
-    # One 2-D dot, so that the weight gradient is the 2-D dot "mk,mn->kn" too. Its
-    # autodiff from the [..., K] form contracts two row axes, which XLA-CPU
-    # canonicalises by copying the cotangent to [N, rows] inside the fusion that
-    # computes it (strided: ~19 ms per [1024, 2048] ReLU/dropout gradient). Measured
-    # A/B, float32 train step: -8% at T5.1.0-small, -13% at T5.1.1-small. In
-    # bfloat16 the 2-D form made the step 25% slower (its weight-gradient dot left
-    # the AMX path), so low precision keeps the [..., K] form.
+    # One 2-D dot, so that autodiff's weight gradient is the 2-D "mk,mn->kn" too
+    # (docs/design.md, "Dtypes"): from [..., K] it contracts two row axes, and
+    # XLA-CPU wrote each cotangent transposed inside its producer fusion. bfloat16
+    # keeps the [..., K] form, which measured faster there.
     y = einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel, dtype, out_dtype)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
   return einsum("...k,kn->...n", x, kernel, dtype, out_dtype)
