@@ -1,14 +1,15 @@
 """Decoding throughput: t5jax cached greedy / beam-4 vs HF transformers' generate.
 
     .venv/bin/python benchmarks/bench_decode.py [--preset t5.1.0-small] [--batch 4]
-        [--input_len 256] [--new_tokens 64] [--repeats 3] [--dtype float32,bfloat16]
+        [--input_len 256] [--new_tokens 64] [--repeats 5] [--dtype float32,bfloat16]
 
 Same random weights (t5jax params exported to HF), same inputs, same machine,
-one run. New tokens are counted as batch * new_tokens (EOS is suppressed by
-banning EOS until the last token on both sides).
+one run, the two sides' calls interleaved (medians of --repeats each). New tokens
+are counted as batch * new_tokens (EOS is suppressed by banning EOS until the
+last token on both sides).
 
-bfloat16 rows: t5jax with `dtype='bfloat16'` (matmul weights cast to bf16 once
-per decode, float32 accumulation, norms / softmax / logits in float32) against
+bfloat16 rows: t5jax with `dtype='bfloat16'` (matmul weights cast to bf16 once,
+`prepare_params`, float32 accumulation, norms / softmax / logits in float32) against
 HF with the model converted by `.to(torch.bfloat16)`, the usual way to run
 HF inference in bf16.
 """
@@ -28,14 +29,18 @@ import jax
 import numpy as np
 
 
-def _time(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
+def _time_side_by_side(fns, repeats):
+  """Median seconds per call of each fn, the calls interleaved (a, b, a, b, ...) so that
+  this VM's drifting speed affects both sides alike."""
+  for fn in fns.values():
+    fn()  # warm-up / compile
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -44,13 +49,13 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--input_len", type=int, default=256)
   parser.add_argument("--new_tokens", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
   parser.add_argument("--no_hf", action="store_true", help="skip the HF peer")
   args = parser.parse_args(argv)
 
   from t5jax.config import get_config
-  from t5jax.decoding import DecodeConfig, decode
+  from t5jax.decoding import DecodeConfig, decode, prepare_params
   from t5jax.model import init_params
 
   base = get_config(args.preset, dropout_rate=0.0)
@@ -63,17 +68,12 @@ def main(argv=None):
     # EOS banned until the end, as HF's min_new_tokens: both sides make every token.
     cfg = DecodeConfig(method=method, num_beams=beams, max_decode_length=args.new_tokens,
                        min_decode_length=args.new_tokens, alpha=0.0)
-    return lambda: jax.block_until_ready(decode(params, config, enc, cfg).tokens)
+    prepared = prepare_params(params, config)  # once, as HF's model.to(dtype) below
+    return lambda: jax.block_until_ready(decode(prepared, config, enc, cfg).tokens)
 
-  results = {}
-  for dtype in args.dtype.split(","):
-    config = base.replace(dtype=dtype)
-    for name, method, beams in (("greedy", "greedy", 1), ("beam-4", "beam", 4)):
-      rate = n_tokens / _time(ours(config, method, beams), args.repeats)
-      results[dtype, name] = {"t5jax": rate}
-      print(f"  t5jax {dtype} {name}: {rate:.1f} tokens/s", flush=True)
-
+  hf_float32 = None
   if not args.no_hf:
+    import copy
     import torch
     import transformers
     from t5jax.conversion.hf import save_hf
@@ -91,12 +91,19 @@ def main(argv=None):
                       min_new_tokens=args.new_tokens, length_penalty=0.0)
       return run
 
-    for dtype in args.dtype.split(","):
-      hf = hf_float32 if dtype == "float32" else hf_float32.to(getattr(torch, dtype))
-      for name, beams in (("greedy", 1), ("beam-4", 4)):
-        rate = n_tokens / _time(theirs(hf, beams), args.repeats)
-        results[dtype, name]["hf"] = rate
-        print(f"  HF {dtype} {name}: {rate:.1f} tokens/s", flush=True)
+  results = {}
+  for dtype in args.dtype.split(","):
+    config = base.replace(dtype=dtype)
+    if hf_float32 is not None:  # Module.to converts in place: a copy for other dtypes
+      hf = hf_float32 if dtype == "float32" else copy.deepcopy(hf_float32).to(getattr(torch, dtype))
+    for name, method, beams in (("greedy", "greedy", 1), ("beam-4", "beam", 4)):
+      fns = {"t5jax": ours(config, method, beams)}
+      if hf_float32 is not None:
+        fns["hf"] = theirs(hf, beams)
+      seconds = _time_side_by_side(fns, args.repeats)
+      results[dtype, name] = {side: n_tokens / s for side, s in seconds.items()}
+      print("  " + ", ".join(f"{side} {dtype} {name}: {rate:.1f} tokens/s"
+                             for side, rate in results[dtype, name].items()), flush=True)
 
   print(f"\nDecoding {args.preset}, batch {args.batch}, {args.input_len} input tokens, "
         f"{args.new_tokens} new tokens ({jax.devices()[0].platform}, {os.cpu_count()} cores)")

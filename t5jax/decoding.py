@@ -248,8 +248,8 @@ def beam_search(step, cache, batch: int, cfg: DecodeConfig, *, eos_id=1, pad_id=
 # XLA-CPU's bf16 kernel streams a weight stored [out, in] (contracted on its last
 # axis) ~3x faster than one stored [in, out] at these shapes (float32: ~10%).
 # XLA picks the layout of any weight cast inside the jitted loop itself (and picks
-# [in, out]), so `prepare_params` casts and transposes outside jit, once per
-# `decode` call; `_restore` turns them back into the model's logical shapes, a
+# [in, out]), so `prepare_params` casts and transposes outside jit (on each `decode`
+# call unless the caller passes the `DecodeParams` it prepared once); `_restore` turns them back into the model's logical shapes, a
 # transpose that XLA folds into the dot, leaving the stored layout in place.
 
 def _weight_split(path, x) -> int | None:
@@ -260,11 +260,28 @@ def _weight_split(path, x) -> int | None:
   return 2 if name == "out" else 1  # attention output [heads, d_kv, embed]
 
 
-def prepare_params(params, config: T5Config):
-  """Per-layer params -> what `_decode_jit` takes: in a low-precision `config.dtype`,
-  matmul weights cast once and stored [out, in]. float32 and scanned params pass
-  through unchanged."""
-  return _prepare_jit(params, jnp.dtype(config.dtype)) if _stores_out_in(config) else params
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeParams:
+  """Params laid out for `decode` (`prepare_params`). Pass these in place of the
+  plain params to prepare once for many `decode` calls (evaluation, inference):
+  in bfloat16 the cast and transpose cost about as much as several decoding steps."""
+  tree: dict
+  dtype: str = dataclasses.field(metadata=dict(static=True))
+  out_in: bool = dataclasses.field(metadata=dict(static=True))  # weights stored [out, in]
+
+
+def prepare_params(params, config: T5Config) -> DecodeParams:
+  """Per-layer params -> `DecodeParams`: in a low-precision `config.dtype`, matmul
+  weights cast once and stored [out, in]; float32 and scanned params as they are."""
+  dtype = jnp.dtype(config.dtype)
+  if isinstance(params, DecodeParams):
+    if params.dtype != dtype.name:
+      raise ValueError(f"these DecodeParams were prepared for dtype {params.dtype}, but the "
+                       f"config says {dtype.name}: prepare them with this config.")
+    return params
+  out_in = _stores_out_in(config)
+  return DecodeParams(_prepare_jit(params, dtype) if out_in else params, dtype.name, out_in)
 
 
 def _stores_out_in(config: T5Config) -> bool:
@@ -302,11 +319,11 @@ def _pad_after_eos(tokens, eos_id, pad_id):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cfg"))
-def _decode_jit(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
-  if not _stores_out_in(config):
-    return _decode(params, encoder_tokens, rng, config, cfg)
+def _decode_jit(params: DecodeParams, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
+  if not params.out_in:
+    return _decode(params.tree, encoder_tokens, rng, config, cfg)
   with kernels_stored_out_in():
-    return _decode(_restore(params, config), encoder_tokens, rng, config, cfg)
+    return _decode(_restore(params.tree, config), encoder_tokens, rng, config, cfg)
 
 
 def _decode(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
@@ -330,7 +347,8 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
            rng=None, *, mesh=None, rules: str = "1d") -> DecodeOutput:
   """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options.
 
-  With a `mesh` (t5jax.partitioning.make_mesh), params and inputs are sharded
+  `params`: the model's per-layer params, or `prepare_params(params, config)` made
+  once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and inputs are sharded
   as in training (rule set `rules`) and the decode loop runs under the mesh:
   rows over the data axis, heads / mlp / vocab over the model axis.
   """
@@ -342,6 +360,11 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   config = config.replace(dropout_rate=0.0)
   if mesh is None:
     return _decode_jit(prepare_params(params, config), tokens, rng, config, cfg)
+  if isinstance(params, DecodeParams):
+    if params.out_in:  # sharded by the logical shapes; the [out, in] layout is for one device
+      raise ValueError("decode(mesh=...) takes the plain params, not prepare_params' "
+                       f"{params.dtype} layout: pass the params you prepared from.")
+    params = params.tree
   from t5jax import partitioning  # only needed when sharding
   rule_set = partitioning.rules(rules)
   shards = partitioning.batch_divisor(mesh, rule_set)
@@ -350,8 +373,9 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
                      f"batch shards of mesh {dict(mesh.shape)}.")
   params = jax.device_put(params, partitioning.param_shardings(mesh, config, rule_set))
   tokens = jax.device_put(tokens, partitioning.batch_sharding(mesh, rule_set))
-  with partitioning.activate(mesh, rule_set):
-    return _decode_jit(params, tokens, rng, config, cfg)
+  with partitioning.activate(mesh, rule_set):  # the plain layout: shardings follow it
+    return _decode_jit(DecodeParams(params, jnp.dtype(config.dtype).name, False), tokens, rng,
+                       config, cfg)
 
 
 def score_targets(params, config: T5Config, encoder_input_tokens, decoder_target_tokens):
@@ -364,5 +388,5 @@ def score_targets(params, config: T5Config, encoder_input_tokens, decoder_target
   return jnp.sum(jnp.where(targets > 0, log_probs, 0.0), axis=-1)
 
 
-__all__ = ["DecodeConfig", "DecodeOutput", "decode", "score_targets", "brevity_penalty",
-           "banned_ngram_mask", "top_k_top_p"]
+__all__ = ["DecodeConfig", "DecodeOutput", "DecodeParams", "decode", "prepare_params",
+           "score_targets", "brevity_penalty", "banned_ngram_mask", "top_k_top_p"]

@@ -279,7 +279,8 @@ def teacher_forced_metrics(config, params, data, task, batch_size) -> dict:
 
 def seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples) -> dict:
   import seqio
-  from t5jax.decoding import decode
+  from t5jax.decoding import decode, prepare_params
+  params = prepare_params(params, config)  # once for all batches
   evaluator = seqio.Evaluator(
       task, feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=data.eval_split, sequence_length={"inputs": data.inputs_length,
@@ -313,7 +314,7 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
 
   Inputs longer than data.inputs_length are truncated, with a warning.
   """
-  from t5jax.decoding import decode, score_targets
+  from t5jax.decoding import decode, prepare_params, score_targets
   if mode not in ("predict", "score"):
     raise ValueError(f"infer mode={mode!r}: 'predict' or 'score'.")
   vocabulary, task = prepare_task(data)
@@ -323,6 +324,7 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
   if not examples:
     raise ValueError(f"No inputs to run: {input_file or f'{task}:{split}'} is empty.")
   truncated = 0
+  prepared = prepare_params(params, config) if mode == "predict" else None  # once for all
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
     for start in range(0, len(examples), batch_size):
@@ -340,7 +342,7 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
           f.write(json.dumps({"inputs": e["inputs"], "targets": e["targets"],
                               "score": float(s)}) + "\n")
         continue
-      out = decode(params, config, enc, decode_config)
+      out = decode(prepared, config, enc, decode_config)
       for e, toks, score in zip(chunk, np.asarray(out.tokens), np.asarray(out.scores)):
         preds = [vocabulary.decode([int(t) for t in row if t > 1]) for row in toks]
         record = {"inputs": e["inputs"], "prediction": preds[0], "score": float(score[0])}

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/bench_train.py: the real main on the tiny preset, one step.
+"""Smoke tests of benchmarks/bench_train.py (the real main on the tiny preset, one
+step) and bench_decode.py (tiny, a few tokens, side by side with HF generate).
 
 Keeps `make bench` working; the HF Flax peer is skipped (slow to compile) and
 the HF PyTorch peer runs only where torch and transformers are installed.
@@ -40,3 +41,13 @@ def test_jnp_clip_shim_accepts_numpy_names():
     assert jnp.clip(jnp.arange(5), 1, 3).tolist() == [1, 1, 2, 3, 3]
   finally:
     jnp.clip = original
+
+
+def test_bench_decode_tiny(capsys):
+  bench = load_benchmark("bench_decode")
+  results = bench.main(["--preset", "tiny", "--batch", "2", "--input_len", "8",
+                        "--new_tokens", "3", "--repeats", "1", "--dtype", "bfloat16"])
+  assert set(results) == {("bfloat16", "greedy"), ("bfloat16", "beam-4")}
+  for rates in results.values():
+    assert rates["t5jax"] > 0 and rates["hf"] > 0
+  assert "| bfloat16 | greedy |" in capsys.readouterr().out

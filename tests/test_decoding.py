@@ -240,7 +240,7 @@ def test_bfloat16_decoding_layout_is_only_a_layout(model_and_inputs):
   from t5jax.model import T5
   _, config, params, enc = model_and_inputs
   config = config.replace(dtype="bfloat16")
-  prepared = prepare_params(params, config)
+  prepared = prepare_params(params, config).tree
   assert prepared["decoder"]["layers_0"]["mlp"]["wo"].shape == \
       params["decoder"]["layers_0"]["mlp"]["wo"].shape[::-1]
   dec = np.asarray(enc[:, :6])
@@ -262,6 +262,40 @@ def test_bfloat16_decoding_layout_is_only_a_layout(model_and_inputs):
   ref = np.where(np.cumsum(ref == 1, axis=1) - (ref == 1) > 0, 0, ref)
   np.testing.assert_array_equal(np.asarray(out.tokens[:, 0]), ref)
   assert len(np.unique(ref)) > 1
+
+
+def test_prepared_params_are_reused_and_checked(model_and_inputs):
+  """`prepare_params` once, then many `decode` calls: the same tokens as preparing
+  inside each call. A dtype mismatch, or the [out, in] layout on a mesh, is an error.
+  bfloat16 on a mesh decodes from the plain layout: the single device's tokens."""
+  from t5jax.decoding import DecodeParams, _decode_jit, prepare_params
+  from t5jax.partitioning import MeshConfig, make_mesh
+  _, config, params, enc = model_and_inputs
+  if config.tie_word_embeddings:
+    pytest.skip("one architecture is enough (sharded compiles are slow on CPU)")
+  config = config.replace(dtype="bfloat16")
+  cfg = DecodeConfig(max_decode_length=6)
+  prepared = prepare_params(params, config)
+  assert prepared.out_in and prepare_params(prepared, config) is prepared
+  once, each = decode(prepared, config, enc, cfg), decode(params, config, enc, cfg)
+  np.testing.assert_array_equal(np.asarray(once.tokens), np.asarray(each.tokens))
+  np.testing.assert_array_equal(np.asarray(once.scores), np.asarray(each.scores))
+  with pytest.raises(ValueError, match="prepared for dtype bfloat16"):
+    decode(prepared, config.replace(dtype="float32"), enc, cfg)
+  mesh = make_mesh(MeshConfig(data=2, model=1), jax.devices()[:2])
+  with pytest.raises(ValueError, match="plain params"):
+    decode(prepared, config, enc, cfg, mesh=mesh)
+  sharded = decode(params, config, enc, cfg, mesh=mesh)  # was garbage: weights read as [out, in]
+  plain = _decode_jit(DecodeParams(params, "bfloat16", False), jnp.asarray(enc),
+                      jax.random.PRNGKey(0), config, cfg)  # one device, the plain layout
+  # bf16 rounds differently in the sharded program, so a near-tie may flip a later
+  # token; reading the weights wrongly changed the first tokens of most rows.
+  toks, ref = np.asarray(sharded.tokens), np.asarray(plain.tokens)
+  np.testing.assert_array_equal(toks[:, :, 0], ref[:, :, 0])
+  agree = (toks == ref).all(-1)
+  assert agree.mean() >= 0.5
+  np.testing.assert_allclose(np.asarray(sharded.scores)[agree], np.asarray(plain.scores)[agree],
+                             atol=0.05)
 
 
 def test_first_argmax_is_argmax():
