@@ -14,7 +14,11 @@ scale, no momentum, lr 0.01). tokens = batch * (input_len + target_len) per
 step. MFU uses the encoder-decoder FLOP count of t5jax/flops.py over a peak
 measured in this run in the row's dtype (a float32 or a bfloat16 matmul with
 float32 accumulation; bf16 on GPU), so within a dtype the MFU column compares
-the peers on one scale. Compilation is excluded.
+the peers on one scale. Compilation is excluded. Each peer is set up and warmed
+up on its own, then the timed blocks alternate between the peers (t5jax, HF
+PyTorch, HF Flax, t5jax, ...), so the machine's drifting speed touches each
+alike. On CPU the memory column is the process's peak RSS above the RSS where
+the row's setup began (the peers stay alive side by side).
 
 bfloat16 means float32 parameters and optimizer state with bfloat16 matmul
 inputs and float32 accumulation on every side: t5jax's `dtype='bfloat16'`,
@@ -54,7 +58,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from t5jax import flops  # noqa: E402
-from t5jax.benchmark import measure_train_step, synthetic_batch  # noqa: E402
+from t5jax.benchmark import TrainStepRunner, synthetic_batch  # noqa: E402
 from t5jax.config import get_config  # noqa: E402
 from t5jax.model import count_params, format_count, init_params  # noqa: E402
 
@@ -109,6 +113,17 @@ def _reset_peak_rss() -> bool:
     return False
 
 
+def _current_rss_bytes() -> int | None:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def _peak_rss_bytes() -> int:
   """VmHWM (reset per row where the kernel allows) else getrusage's process max RSS."""
   try:
@@ -128,6 +143,7 @@ class PeakMemory:
     self.on_gpu, self.torch_cuda = on_gpu, torch_cuda
 
   def __enter__(self):
+    self.rss_start = _current_rss_bytes()
     self.rss_reset = _reset_peak_rss()
     if self.torch_cuda:
       import torch
@@ -143,41 +159,48 @@ class PeakMemory:
       # largest-first would mask later ones, so each row reports the maximum so far.
       stats = jax.devices()[0].memory_stats() or {}
       self.bytes, self.label = stats.get("peak_bytes_in_use"), "device peak_bytes_in_use"
+    elif self.rss_reset and self.rss_start is not None:
+      # the peers' runners stay alive side by side, so each CPU row reports what
+      # its own setup and first steps added to the process (its state, activations)
+      self.bytes = _peak_rss_bytes() - self.rss_start
+      self.label = "process peak RSS above the row's starting RSS"
     else:
-      self.bytes = _peak_rss_bytes()
-      self.label = ("process peak RSS (reset per row)" if self.rss_reset
-                    else "process max RSS (getrusage, cumulative)")
+      self.bytes, self.label = _peak_rss_bytes(), "process max RSS (getrusage, cumulative)"
     return False
 
 
 # ----------------------------------------------------------------------------- t5jax
 
-def bench_t5jax(config, args, peak: float) -> dict:
-  """measure_train_step `repeats` times (mean of `steps` each): median and best.
+class Runner:
+  """One peer, compiled and warmed up: `block()` times args.steps more steps (seconds
+  per step); `loss()` is the last step's loss."""
 
-  Each call builds and jits a fresh step; the persistent compilation cache
-  (a temporary directory, see main) makes repeats after the first cheap.
-  """
-  runs, mem = [], PeakMemory(args.on_gpu)
-  with mem:
-    for _ in range(args.repeats):
-      runs.append(measure_train_step(config, args.batch, args.input_len, args.target_len,
-                                     args.steps, peak_flops=peak, warmup_steps=args.warmup,
-                                     compiler_options=args.compiler_options))
-  times = [r["step_time"] for r in runs]
-  return {"times": times, "memory": mem.bytes, "memory_label": mem.label,
-          "compile_s": runs[0]["warmup_time"], "loss": runs[-1]["loss"]}
+  def __init__(self, block, loss, compile_s=None):
+    self.block, self.loss, self.compile_s = block, loss, compile_s
+
+
+def t5jax_runner(config, args) -> Runner:
+  runner = TrainStepRunner(config, args.batch, args.input_len, args.target_len,
+                           warmup_steps=args.warmup, compiler_options=args.compiler_options)
+  return Runner(lambda: runner.block(args.steps), lambda: runner.loss, runner.warmup_time)
 
 
 # ----------------------------------------------------------------------------- HF PyTorch
 
-def bench_hf_torch(hf_dir: str, config, args, dtype: str) -> dict:
+def _torch_cuda(args) -> bool:
+  if not args.on_gpu:
+    return False
+  import torch
+  return torch.cuda.is_available()
+
+
+def hf_torch_runner(hf_dir: str, config, args, dtype: str) -> Runner:
   import torch
   import transformers
   from transformers.optimization import Adafactor
 
   torch.set_num_threads(os.cpu_count())
-  cuda = args.on_gpu and torch.cuda.is_available()
+  cuda = _torch_cuda(args)
   device = "cuda" if cuda else "cpu"
   model = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).to(device).train()
   # T5's Adafactor: factored, decay -0.8, clip 1.0, eps (1e-30, 1e-3), no momentum,
@@ -202,18 +225,16 @@ def bench_hf_torch(hf_dir: str, config, args, dtype: str) -> dict:
       torch.cuda.synchronize()
     return out.loss
 
-  mem = PeakMemory(args.on_gpu, torch_cuda=cuda)
-  with mem:
-    for _ in range(max(args.warmup, 1)):
-      step()
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        loss = step()
-      times.append((time.perf_counter() - start) / args.steps)
-  return {"times": times, "memory": mem.bytes, "memory_label": mem.label,
-          "loss": float(loss.detach().float().cpu())}
+  last = {}
+  for _ in range(max(args.warmup, 1)):
+    last["loss"] = step()
+
+  def block():
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      last["loss"] = step()
+    return (time.perf_counter() - start) / args.steps
+  return Runner(block, lambda: float(last["loss"].detach().float().cpu()))
 
 
 # ----------------------------------------------------------------------------- HF Flax
@@ -231,7 +252,7 @@ def install_jnp_clip_shim() -> None:
   jnp.clip = clip
 
 
-def bench_hf_flax(hf_dir: str, config, args, dtype: str) -> dict:
+def hf_flax_runner(hf_dir: str, config, args, dtype: str) -> Runner:
   import optax
   import transformers
 
@@ -266,22 +287,23 @@ def bench_hf_flax(hf_dir: str, config, args, dtype: str) -> dict:
 
   step = jax.jit(train_step, donate_argnums=(0, 1))
   rng = jax.random.PRNGKey(0)
-  mem = PeakMemory(args.on_gpu)
-  with mem:
+  live = {"params": params, "opt_state": opt_state}
+
+  def steps(n):
+    for _ in range(n):
+      live["params"], live["opt_state"], live["loss"] = step(live["params"], live["opt_state"],
+                                                             batch, rng)
+    jax.block_until_ready((live["params"], live["loss"]))
+
+  start = time.perf_counter()
+  steps(max(args.warmup, 1))
+  compile_s = time.perf_counter() - start
+
+  def block():
     start = time.perf_counter()
-    for _ in range(max(args.warmup, 1)):
-      params, opt_state, loss = step(params, opt_state, batch, rng)
-    jax.block_until_ready(loss)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        params, opt_state, loss = step(params, opt_state, batch, rng)
-      jax.block_until_ready((params, loss))
-      times.append((time.perf_counter() - start) / args.steps)
-  return {"times": times, "memory": mem.bytes, "memory_label": mem.label,
-          "compile_s": compile_s, "loss": float(loss)}
+    steps(args.steps)
+    return (time.perf_counter() - start) / args.steps
+  return Runner(block, lambda: float(live["loss"]), compile_s)
 
 
 # ----------------------------------------------------------------------------- report
@@ -378,23 +400,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> list[dict]:
-  args = parse_args(argv)
-  if args.repeats <= 1 or jax.config.jax_compilation_cache_dir:
-    return _run(args, argv)
-  # Each repeat of measure_train_step jits a fresh step: a persistent
-  # compilation cache in a temporary directory lets repeats reuse the first
-  # executable. It is switched off again on the way out (tests share the process).
-  from jax.experimental.compilation_cache import compilation_cache
-  min_time = jax.config.jax_persistent_cache_min_compile_time_secs
-  with tempfile.TemporaryDirectory() as cache_dir:
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
-      return _run(args, argv)
-    finally:
-      jax.config.update("jax_compilation_cache_dir", None)
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
-      compilation_cache.reset_cache()
+  return _run(parse_args(argv), argv)
 
 
 def _run(args, argv) -> list[dict]:
@@ -417,9 +423,16 @@ def _run(args, argv) -> list[dict]:
           f"{step_flops / 1e9:.1f} GFLOP/step", flush=True)
     params = init_params(config, jax.random.PRNGKey(0))
 
-    results = {"t5jax": bench_t5jax(config, args, peak)}
-    peers = [] if args.no_hf else [("HF PyTorch", bench_hf_torch)] + (
-        [] if args.no_hf_flax else [("HF Flax", bench_hf_flax)])
+    # Each peer is set up and warmed up on its own (memory is measured there), then
+    # the timed blocks alternate t5jax, HF PyTorch, HF Flax, t5jax, ... so that this
+    # VM's drifting speed touches every peer alike.
+    results, runners = {}, {}
+    mem = PeakMemory(args.on_gpu)
+    with mem:
+      runners["t5jax"] = t5jax_runner(config, args)
+    results["t5jax"] = {"memory": mem.bytes, "memory_label": mem.label}
+    peers = [] if args.no_hf else [("HF PyTorch", hf_torch_runner)] + (
+        [] if args.no_hf_flax else [("HF Flax", hf_flax_runner)])
     if peers:
       with tempfile.TemporaryDirectory() as hf_dir:
         from t5jax.conversion.hf import save_hf
@@ -427,13 +440,24 @@ def _run(args, argv) -> list[dict]:
         del params
         for name, fn in peers:
           try:
-            results[name] = fn(hf_dir, config, args, dtype)
+            mem = PeakMemory(args.on_gpu, torch_cuda=name == "HF PyTorch" and _torch_cuda(args))
+            with mem:
+              runners[name] = fn(hf_dir, config, args, dtype)
+            results[name] = {"memory": mem.bytes, "memory_label": mem.label}
           except Exception as e:  # a peer that cannot run here is skipped, not fatal
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             print(f"  {name} skipped: {reason}", flush=True)
             if os.environ.get("BENCH_DEBUG"):
               traceback.print_exc()
             results[name] = {"skipped": reason}
+    for name in runners:
+      results[name]["times"] = []
+    for _ in range(args.repeats):
+      for name, runner in runners.items():
+        results[name]["times"].append(runner.block())
+    for name, runner in runners.items():
+      results[name].update(loss=runner.loss(), compile_s=runner.compile_s)
+    del runners
 
     ours = statistics.median(results["t5jax"]["times"])
     for name, r in results.items():
@@ -457,7 +481,8 @@ def _run(args, argv) -> list[dict]:
   header = (f"Training step, batch {args.batch}, {args.input_len}/{args.target_len}; "
             f"tokens = batch x (inputs + targets); MFU over the jax matmul peak measured in "
             f"the row's dtype ({peak_text} GFLOP/s); "
-            f"median of {args.repeats} blocks of {args.steps} steps; t5jax / peer = peer step "
+            f"median of {args.repeats} blocks of {args.steps} steps, the peers' blocks "
+            f"interleaved; t5jax / peer = peer step "
             f"time / t5jax step time; peak mem = {mem_label}.")
   table = make_table(rows, args)
   print(f"\n{header}\n\n{table}\n")

@@ -2,6 +2,7 @@
 
     measure_train_step(get_config("t5.1.1-base", dtype="bfloat16"), 128, 512, 114, steps=20)
     -> {'step_time': s, 'tokens_per_s': ..., 'seq_per_s': ..., 'mfu': ..., ...}
+    runner = TrainStepRunner(config, 128, 512, 114); runner.block(steps=5)  # s / step
 
 Uses the same partitioning, optimizer and jitted step as `trainer.train`, so
 the number measures the real training step, minus input pipeline and logging.
@@ -31,45 +32,70 @@ def synthetic_batch(batch_size: int, input_len: int, target_len: int, vocab_size
           "decoder_loss_weights": np.ones((batch_size, target_len), np.float32)}
 
 
+class TrainStepRunner:
+  """A jitted training step on a synthetic batch, compiled and warmed up on creation;
+  `block(steps)` times `steps` more steps (mean seconds per step). For side-by-side
+  benchmarks that alternate blocks of several runners in one process.
+
+  batch_size is global. Steps are dispatched back to back and timed as a block,
+  as in training, so host dispatch overlaps device work.
+  """
+
+  def __init__(self, config, batch_size: int, input_len: int, target_len: int, *,
+               mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+               optimizer: optim.OptimizerConfig = optim.OptimizerConfig(),
+               microbatches: int = 1, warmup_steps: int = 2,
+               compiler_options: dict | None = None):
+    self.mesh = partitioning.make_mesh(mesh)
+    rule_set = partitioning.rules(mesh.rules)
+    tx = optim.make_optimizer(optimizer)
+    _, state_sh = ts.state_shardings(self.mesh, config, rule_set, tx)
+    step_fn = ts.make_train_step(config, tx, losses.LossConfig(), None, microbatches)
+    self.compiled = ts.jit_steps(self.mesh, rule_set, state_sh, step_fn,
+                                 compiler_options=compiler_options)
+    self.state = create_state(config, tx, self.mesh, rule_set, state_sh,
+                              compiler_options=compiler_options)
+    rows = batch_size // jax.process_count()
+    local = synthetic_batch(batch_size, input_len, target_len, config.vocab_size)
+    local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+             for k, v in local.items()}
+    self.batch = partitioning.global_batch(local, self.mesh, rule_set)
+    self.rng = jax.random.PRNGKey(0)
+    start = time.perf_counter()
+    self.metrics = None
+    self._steps(max(warmup_steps, 1))
+    jax.block_until_ready(self.metrics)
+    self.warmup_time = time.perf_counter() - start
+
+  def _steps(self, n: int) -> None:
+    for _ in range(n):
+      self.state, self.metrics = self.compiled.train_step(self.state, self.batch, self.rng)
+
+  def block(self, steps: int) -> float:
+    start = time.perf_counter()
+    self._steps(steps)
+    jax.block_until_ready((self.state, self.metrics))
+    return (time.perf_counter() - start) / steps
+
+  @property
+  def loss(self) -> float:
+    return float(self.metrics["loss"])
+
+
 def measure_train_step(config, batch_size: int, input_len: int, target_len: int, steps: int = 10,
                        *, mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
                        optimizer: optim.OptimizerConfig = optim.OptimizerConfig(),
                        microbatches: int = 1, peak_flops: float | None = None,
                        warmup_steps: int = 2, compiler_options: dict | None = None) -> dict:
-  """Mean wall time of `steps` training steps after `warmup_steps` (compilation excluded).
-
-  batch_size is global. Steps are dispatched back to back and timed as a
-  block, as in training, so host dispatch overlaps device work.
-  """
-  mesh_obj = partitioning.make_mesh(mesh)
-  rule_set = partitioning.rules(mesh.rules)
-  tx = optim.make_optimizer(optimizer)
-  _, state_sh = ts.state_shardings(mesh_obj, config, rule_set, tx)
-  step_fn = ts.make_train_step(config, tx, losses.LossConfig(), None, microbatches)
-  compiled = ts.jit_steps(mesh_obj, rule_set, state_sh, step_fn,
-                             compiler_options=compiler_options)
-  state = create_state(config, tx, mesh_obj, rule_set, state_sh, compiler_options=compiler_options)
-  rows = batch_size // jax.process_count()
-  local = synthetic_batch(batch_size, input_len, target_len, config.vocab_size)
-  local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-           for k, v in local.items()}
-  batch = partitioning.global_batch(local, mesh_obj, rule_set)
-  rng = jax.random.PRNGKey(0)
-
-  compile_start = time.perf_counter()
-  for _ in range(max(warmup_steps, 1)):
-    state, metrics = compiled.train_step(state, batch, rng)
-  jax.block_until_ready(metrics)
-  warmup_time = time.perf_counter() - compile_start
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled.train_step(state, batch, rng)
-  jax.block_until_ready((state, metrics))
-  step_time = (time.perf_counter() - start) / steps
-
+  """Mean wall time of `steps` training steps after `warmup_steps` (compilation
+  excluded), with throughput and MFU; see TrainStepRunner."""
+  runner = TrainStepRunner(config, batch_size, input_len, target_len, mesh=mesh,
+                           optimizer=optimizer, microbatches=microbatches,
+                           warmup_steps=warmup_steps, compiler_options=compiler_options)
+  step_time = runner.block(steps)
   peak, peak_source = flops.peak_flops_per_device(peak_flops, config.dtype)
   step_flops = flops.train_step_flops(config, batch_size, input_len, target_len)
-  devices = mesh_obj.devices.size
+  devices = runner.mesh.devices.size
   return {
       "step_time": step_time,
       "tokens_per_s": batch_size * (input_len + target_len) / step_time,
@@ -80,6 +106,6 @@ def measure_train_step(config, batch_size: int, input_len: int, target_len: int,
       "peak_flops_per_device": peak,
       "peak_source": peak_source,
       "devices": devices,
-      "warmup_time": warmup_time,
-      "loss": float(metrics["loss"]),
+      "warmup_time": runner.warmup_time,
+      "loss": runner.loss,
   }
