@@ -113,27 +113,26 @@ def _reset_peak_rss() -> bool:
     return False
 
 
-def _current_rss_bytes() -> int | None:
+def _proc_status_bytes(field: str) -> int | None:
+  """A memory field of /proc/self/status ("VmRSS", "VmHWM") in bytes; None off Linux."""
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
   return None
 
 
+def _current_rss_bytes() -> int | None:
+  return _proc_status_bytes("VmRSS")
+
+
 def _peak_rss_bytes() -> int:
   """VmHWM (reset per row where the kernel allows) else getrusage's process max RSS."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = _proc_status_bytes("VmHWM")
+  return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class PeakMemory:
