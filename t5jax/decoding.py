@@ -248,9 +248,10 @@ def beam_search(step, cache, batch: int, cfg: DecodeConfig, *, eos_id=1, pad_id=
 # XLA-CPU's bf16 kernel streams a weight stored [out, in] (contracted on its last
 # axis) ~3x faster than one stored [in, out] at these shapes (float32: ~10%).
 # XLA picks the layout of any weight cast inside the jitted loop itself (and picks
-# [in, out]), so `prepare_params` casts and transposes outside jit (on each `decode`
-# call unless the caller passes the `DecodeParams` it prepared once); `_restore` turns them back into the model's logical shapes, a
-# transpose that XLA folds into the dot, leaving the stored layout in place.
+# [in, out]), so `prepare_params` casts and transposes outside jit (on each
+# `decode` call unless the caller passes the `DecodeParams` it prepared once);
+# `_restore` turns them back into the model's logical shapes, a transpose that
+# XLA folds into the dot, leaving the stored layout in place.
 
 def _weight_split(path, x) -> int | None:
   """How many leading axes a weight contracts over (None: left as it is)."""
@@ -348,9 +349,9 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options.
 
   `params`: the model's per-layer params, or `prepare_params(params, config)` made
-  once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and inputs are sharded
-  as in training (rule set `rules`) and the decode loop runs under the mesh:
-  rows over the data axis, heads / mlp / vocab over the model axis.
+  once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and
+  inputs are sharded as in training (rule set `rules`) and the decode loop runs
+  under the mesh: rows over the data axis, heads / mlp / vocab over the model axis.
   """
   tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
   if tokens.ndim != 2 or tokens.shape[1] == 0:
