@@ -58,9 +58,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from t5jax import flops  # noqa: E402
-from t5jax.benchmark import TrainStepRunner, synthetic_batch  # noqa: E402
+from t5jax.benchmark import TrainStepRunner, format_count, synthetic_batch  # noqa: E402
 from t5jax.config import get_config  # noqa: E402
-from t5jax.model import count_params, format_count, init_params  # noqa: E402
+from t5jax.model import count_params, init_params  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LR = 0.01  # T5X pretraining: 1/sqrt(max(step, 10k)) is 0.01 for the first 10k steps

@@ -19,6 +19,14 @@ from t5jax import flops, losses, optim, partitioning, train_step as ts
 from t5jax.trainer import create_state
 
 
+def format_count(n: int) -> str:
+  """12345678 -> '12.35M' (parameter counts in benchmark tables)."""
+  for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    if n >= size:
+      return f"{n / size:.2f}{unit}"
+  return str(n)
+
+
 def synthetic_batch(batch_size: int, input_len: int, target_len: int, vocab_size: int,
                     seed: int = 0) -> dict:
   """Full-length random rows (no padding): the MFU formula counts every position."""

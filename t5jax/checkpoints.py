@@ -1,8 +1,12 @@
 """Training checkpoints in a run directory, with orbax.
 
     ckpt = Checkpointer(run_dir, CheckpointConfig(every_steps=1000, keep=3), model_config)
-    restored = ckpt.restore_latest(abstract_state_with_shardings)  # None on a fresh run
-    ckpt.maybe_save(step, {"state": state, "rng": rng})
+    # abstract_* : jax.ShapeDtypeStruct trees with shardings; (None, None) on a fresh run
+    start, tree = ckpt.restore_latest({"state": abstract_state, "rng": abstract_rng})
+    ...
+    if ckpt.should_save(step):
+      ckpt.save(step, {"state": state, "rng": rng})  # async if configured
+    ckpt.close()  # waits for pending saves
 
 Layout: run_dir/model_config.json (the T5Config, checked on every start) and
 run_dir/checkpoints/<step>/{state, meta}. Orbax writes each step into a
@@ -116,9 +120,6 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                       meta=ocp.args.JsonSave(meta)),
         metrics=metrics, force=True)
-
-  def maybe_save(self, step: int, tree: dict, metrics: dict | None = None) -> bool:
-    return self.save(step, tree, metrics) if self.should_save(step) else False
 
   def restore(self, step: int, abstract_tree: dict) -> dict:
     out = self.manager.restore(

@@ -2,8 +2,9 @@
 
 Imports nothing but the standard library so that any module (gin configs,
 checkpoint importers, benchmarks) can read a config without building a model.
-Numbers come from ../shared/T5_NOTES.md (the T5 paper, T5X gin files, HF
-configs); `tests/test_model.py` checks every preset's parameter count.
+Numbers come from docs/t5_facts.md ("Presets"; sources: the T5 paper, T5X
+gin files, HF configs); `tests/test_model.py` checks every preset's
+parameter count.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 The encoder runs once; the decoder runs one token per step against the
 model's key/value cache (`t5jax.model.init_cache`), inside one jitted
 `lax.while_loop` that stops early when every sequence has emitted EOS. Beam
-search uses T5X's length penalty `((5 + len) / 6) ** alpha`. Only jax/flax/numpy.
+search uses T5X's length penalty `((5 + len) / 6) ** alpha`. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5jax.config import T5Config
-from t5jax.layers import kernels_stored_out_in
+from t5jax import xla_cpu
 from t5jax.model import T5, init_cache, init_params
 
 NEG_INF = -1e10
@@ -125,12 +125,9 @@ def _model_step(model: T5, params, encoder_tokens, encoded):
   return step
 
 
-def first_argmax(x):
-  """jnp.argmax(x, -1) (the first maximum) as two plain reductions: XLA-CPU's
-  variadic (value, index) reduce took ~5x as long over a 32k vocabulary."""
-  best = jnp.max(x, axis=-1, keepdims=True)
-  index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-  return jnp.min(jnp.where(x == best, index, x.shape[-1]), axis=-1)
+def argmax(x):
+  """jnp.argmax(x, -1). CPU path: `xla_cpu.first_argmax`."""
+  return xla_cpu.first_argmax(x) if xla_cpu.enabled() else jnp.argmax(x, axis=-1)
 
 
 def _process(log_probs, seqs, cur_len, cfg: DecodeConfig, eos_id: int):
@@ -160,7 +157,7 @@ def sample_loop(step, cache, batch: int, rng, cfg: DecodeConfig, *, eos_id=1, pa
     log_probs = _process(log_probs, seqs, t + 1, cfg, eos_id)
     rng, key = jax.random.split(rng)
     if greedy:
-      token = first_argmax(log_probs)
+      token = argmax(log_probs)
     else:
       logits = top_k_top_p(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
       token = jax.random.categorical(key, logits, axis=-1)
@@ -244,69 +241,38 @@ def beam_search(step, cache, batch: int, cfg: DecodeConfig, *, eos_id=1, pad_id=
   return DecodeOutput(_pad_after_eos(seqs[:, :, 1:], eos_id, pad_id), scores)
 
 
-# Low-precision decoding reads each matmul weight once per step with 4-row inputs.
-# XLA-CPU's bf16 kernel streams a weight stored [out, in] (contracted on its last
-# axis) ~3x faster than one stored [in, out] at these shapes (float32: ~10%).
-# XLA picks the layout of any weight cast inside the jitted loop itself (and picks
-# [in, out]), so `prepare_params` casts and transposes outside jit (on each
-# `decode` call unless the caller passes the `DecodeParams` it prepared once);
-# `_restore` turns them back into the model's logical shapes, a transpose that
-# XLA folds into the dot, leaving the stored layout in place.
-
-def _weight_split(path, x) -> int | None:
-  """How many leading axes a weight contracts over (None: left as it is)."""
-  name = getattr(path[-1], "key", None)
-  if x.ndim < 2 or name in ("rel_embedding", "embedding"):  # the embedding is [out, in]
-    return None  # (vocab x embed) for the tied logits already
-  return 2 if name == "out" else 1  # attention output [heads, d_kv, embed]
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DecodeParams:
-  """Params laid out for `decode` (`prepare_params`). Pass these in place of the
-  plain params to prepare once for many `decode` calls (evaluation, inference):
-  in bfloat16 the cast and transpose cost about as much as several decoding steps."""
+  """Params prepared for `decode` (`prepare_params`). Pass these in place of the plain
+  params to prepare once for many `decode` calls (evaluation, inference). On the
+  XLA-CPU path in bfloat16 the matmul weights are cast once and stored [out, in]
+  (`xla_cpu.store_out_in`; the cast and transpose cost about as much as several
+  decoding steps); elsewhere the tree is the params as they are."""
   tree: dict
   dtype: str = dataclasses.field(metadata=dict(static=True))
   out_in: bool = dataclasses.field(metadata=dict(static=True))  # weights stored [out, in]
 
 
 def prepare_params(params, config: T5Config) -> DecodeParams:
-  """Per-layer params -> `DecodeParams`: in a low-precision `config.dtype`, matmul
-  weights cast once and stored [out, in]; float32 and scanned params as they are."""
+  """Per-layer params -> `DecodeParams` for this config (and this backend path)."""
   dtype = jnp.dtype(config.dtype)
   if isinstance(params, DecodeParams):
     if params.dtype != dtype.name:
       raise ValueError(f"these DecodeParams were prepared for dtype {params.dtype}, but the "
                        f"config says {dtype.name}: prepare them with this config.")
+    if params.out_in and not xla_cpu.enabled():
+      raise ValueError("these DecodeParams hold the XLA-CPU [out, in] weight layout, but the "
+                       f"CPU kernels are off ({xla_cpu.ENV}): prepare them again.")
     return params
   out_in = _stores_out_in(config)
-  return DecodeParams(_prepare_jit(params, dtype) if out_in else params, dtype.name, out_in)
+  tree = xla_cpu.store_out_in(params, dtype) if out_in else params
+  return DecodeParams(tree, dtype.name, out_in)
 
 
 def _stores_out_in(config: T5Config) -> bool:
-  return jnp.dtype(config.dtype) != jnp.float32 and not config.scan_layers
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _prepare_jit(params, dtype):
-  def prepare(path, x):
-    split = _weight_split(path, x)
-    if split is not None:
-      return x.astype(dtype).reshape(int(np.prod(x.shape[:split])), -1).T
-    return x.astype(dtype) if getattr(path[-1], "key", None) == "embedding" else x
-  return jax.tree_util.tree_map_with_path(prepare, params)
-
-
-def _restore(params, config: T5Config):
-  """Inverse of `prepare_params` inside jit: logical shapes, transposes that cancel
-  with the ones `layers.matmul` makes under `kernels_stored_out_in`."""
-  shapes = _param_shapes(config)
-
-  def restore(path, x, shape):
-    return x if _weight_split(path, shape) is None else x.T.reshape(shape.shape)
-  return jax.tree_util.tree_map_with_path(restore, params, shapes)
+  return (xla_cpu.enabled() and jnp.dtype(config.dtype) != jnp.float32
+          and not config.scan_layers)
 
 
 @functools.lru_cache(maxsize=16)
@@ -319,12 +285,19 @@ def _pad_after_eos(tokens, eos_id, pad_id):
   return jnp.where(after, pad_id, tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "cfg"))
 def _decode_jit(params: DecodeParams, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
+  return _decode_compiled(params, encoder_tokens, rng, config, cfg, xla_cpu.enabled())
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cfg", "cpu_kernels"))
+def _decode_compiled(params: DecodeParams, encoder_tokens, rng, config: T5Config,
+                     cfg: DecodeConfig, cpu_kernels: bool):
+  del cpu_kernels  # a key of the jit cache: the path is read while tracing
   if not params.out_in:
     return _decode(params.tree, encoder_tokens, rng, config, cfg)
-  with kernels_stored_out_in():
-    return _decode(_restore(params.tree, config), encoder_tokens, rng, config, cfg)
+  with xla_cpu.kernels_stored_out_in():
+    return _decode(xla_cpu.restore_out_in(params.tree, _param_shapes(config)), encoder_tokens,
+                   rng, config, cfg)
 
 
 def _decode(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):

@@ -1,8 +1,8 @@
 """FLOPs of a T5 training step and device peak FLOP/s, for MFU.
 
-The count follows ../shared/T5_NOTES.md ("Counting FLOPs for MFU"): matmuls
-only, a training step = 3 x forward. 6 * N * tokens overcounts an
-encoder-decoder (the decoder only sees Ld tokens), so it is not used.
+The count follows docs/t5_facts.md ("FLOPs for MFU"): matmuls only, a
+training step = 3 x forward. 6 * N * tokens overcounts an encoder-decoder
+(the decoder only sees Ld tokens), so it is not used.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Gin at the edges: finding gin files, parsing bindings, and errors that say how to fix them.
 
-Only entry functions and config dataclasses are configurable (see
-`t5jax.entry`); every one of them can be built in plain Python too.
+Only the entry functions and config dataclasses registered in `t5jax.run`
+are configurable; every one of them can be built in plain Python too. The
+`t5jax` console script (`t5jax.cli:entry`) parses its gin files and bindings
+through here.
 """
 
 from __future__ import annotations

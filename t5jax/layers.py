@@ -1,6 +1,9 @@
 """T5 building blocks in Flax Linen: norm, relative position bias, attention, MLP.
 
-Only jax/flax/numpy are imported here. Every parameter carries logical axis
+Plain JAX/Flax, as T5X writes them; jax/flax/numpy and `t5jax.xla_cpu` are imported
+here. The few functions marked "CPU path" hand over to `t5jax.xla_cpu` when its
+switch (`T5JAX_CPU_KERNELS`, on by default on a CPU backend) is on: the same
+function written the way XLA-CPU runs fastest. Every parameter carries logical axis
 names (`'embed'`, `'heads'`, `'kv'`, `'mlp'`, `'vocab'`, `'relpos_buckets'`);
 `t5jax.partitioning` maps them to mesh axes. Parameter names follow T5X, so a
 T5X checkpoint maps onto this tree by reshaping alone.
@@ -8,8 +11,6 @@ T5X checkpoint maps onto this tree by reshaping alone.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax.reductions import tree_sum_leading
+from t5jax import xla_cpu
 
 Array = jax.Array
 # Large negative instead of -inf: a fully masked row (a padding query) then gives a
@@ -45,30 +46,66 @@ def _mix32(x: Array) -> Array:
   return x ^ (x >> 16)
 
 
-def counter_bits(key: Array, shape) -> Array:
-  """Random uint32 bits: element index hashed with a 64-bit seed drawn from `key`.
+def index_bits(seed: Array, low: Array, high: Array | None = None) -> Array:
+  """uint32 bits of the 64-bit element index high * 2**32 + low under a 2-word seed.
 
-  A counter-based generator like threefry or Philox, but 2 hash rounds instead
-  of 20 cipher rounds, so about 9x faster on XLA-CPU (jax.random.bits for a
-  T5-small training step's dropout masks took about a third of the step).
-  Only the 64-bit seed goes through jax.random, so streams still follow the
-  key tree (fold_in / split per layer and step). `x -> mix(x ^ s0)` is a
-  bijection, so no two elements of one call share a value before the final
-  mix(. + s1). It is elementwise in the index, so it shards like iota.
-  For dropout masks, not for cryptography or statistics beyond that.
+  For a fixed `high`, low -> bits is a bijection (each step is), so no two elements
+  of a 2**32 block share a value; `high` shifts the second round by mix(high), which
+  differs for every block (mix is a bijection with mix(0) = 0).
+  """
+  offset = seed[1] if high is None else seed[1] ^ _mix32(high)
+  return _mix32(_mix32(low ^ seed[0]) + offset)
+
+
+def _element_index(shape, max_low: int = 2**32) -> tuple[Array, Array | None]:
+  """(low, high) uint32 words of each element's index, shaped like `shape`.
+
+  Below `max_low` elements it is the row-major index (high None). Above, the
+  shape splits into leading axes (`high`: their row-major index) and trailing
+  axes of fewer than `max_low` elements (`low`), so (low, high) is unique per
+  element without 64-bit integers.
+  """
+  size = int(np.prod(shape, dtype=np.int64))
+  if size <= max_low:
+    return jax.lax.iota(jnp.uint32, size).reshape(shape), None
+  split, inner = len(shape), 1
+  while split > 0 and inner * shape[split - 1] <= max_low:
+    split -= 1
+    inner *= shape[split]
+  if split == len(shape) or int(np.prod(shape[:split], dtype=np.int64)) > 2**32:
+    raise ValueError(f"cannot index a dropout mask of shape {shape}: an axis of more "
+                     f"than {max_low} elements, or more than 2**64 elements.")
+  ones = (1,) * (len(shape) - split)
+  low = jax.lax.iota(jnp.uint32, inner).reshape((1,) * split + tuple(shape[split:]))
+  high = jax.lax.iota(jnp.uint32, int(np.prod(shape[:split]))).reshape(
+      tuple(shape[:split]) + ones)
+  return jnp.broadcast_to(low, shape), jnp.broadcast_to(high, shape)
+
+
+def counter_bits(key: Array, shape, max_low: int = 2**32) -> Array:
+  """Random uint32 bits: each element's index hashed with a 64-bit seed drawn from `key`.
+
+  A counter-based generator like threefry or Philox, but 2 hash rounds instead of
+  20 cipher rounds: cheaper on every backend (on XLA-CPU jax.random.bits for a
+  T5-small step's dropout masks took about a third of the step). Only the seed goes
+  through jax.random, so streams follow the key tree (fold_in / split per layer and
+  step). Elementwise in the index, so it shards like iota. Tensors of more than
+  2**32 elements index with two words (`_element_index`), so masks never repeat
+  (`max_low` is lowered only by tests). For dropout masks, not for cryptography.
   """
   seed = jax.random.bits(key, (2,), jnp.uint32)
-  index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
-  return _mix32(_mix32(index ^ seed[0]) + seed[1])
+  low, high = _element_index(tuple(shape), max_low)
+  return index_bits(seed, low, high)
 
 
 class Dropout(nn.Module):
   """Inverted dropout from counter-hash random bits (rng collection 'dropout').
 
   Same distribution as nn.Dropout (keep iff bits >= rate * 2**32, exact to
-  2**-32), much cheaper on CPU: it skips turning bits into uniform floats and
-  draws the bits with `counter_bits` rather than 20-round threefry; mask
-  generation was about a third of a T5-small training step there.
+  2**-32), and the same masks on every backend. Cheaper than nn.Dropout: it skips
+  turning bits into uniform floats and draws the bits with `counter_bits` rather
+  than 20-round threefry (on XLA-CPU mask generation was about a third of a
+  T5-small training step).
   """
 
   rate: float
@@ -140,180 +177,56 @@ class RelativePositionBias(nn.Module):
         key_positions[None, :] - query_positions[:, None], self.bidirectional,
         self.num_buckets, self.max_distance)
     one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
-    return _one_hot_lookup(table, one_hot)[None]
-
-
-@jax.custom_vjp
-def _one_hot_lookup(table: Array, one_hot: Array) -> Array:
-  """table[:, buckets] as a one-hot matmul: cheaper than a gather on accelerators,
-  shards cleanly along heads. [H, NB] x [Q, K, NB] -> [H, Q, K]."""
-  return jnp.einsum("hb,qkb->hqk", table, one_hot)
-
-
-def _one_hot_lookup_fwd(table, one_hot):
-  return _one_hot_lookup(table, one_hot), one_hot
-
-
-def _one_hot_lookup_bwd(one_hot, grad):
-  # The incoming gradient sums every layer's (and the batch's) score
-  # gradients. The barrier makes XLA materialise that sum first rather than
-  # fusing six [B, H, Q, K] reductions into the matmul, which made this tiny
-  # [H, Q*K] x [Q*K, NB] product about 5% of a T5-small training step on CPU.
-  grad = jax.lax.optimization_barrier(grad)
-  return jnp.einsum("hqk,qkb->hb", grad, one_hot), None
-
-
-_one_hot_lookup.defvjp(_one_hot_lookup_fwd, _one_hot_lookup_bwd)
-
-
-def _batch_is_sharded() -> bool:
-  """Whether the 'batch' logical axis maps to a mesh axis of size > 1 here (trace time)."""
-  axes = nn.logical_to_mesh_axes(("batch",))[0]
-  mesh = jax.sharding.get_abstract_mesh()
-  if axes is None or mesh.empty:
-    return False
-  return any(mesh.shape.get(name, 1) > 1 for name in (axes if isinstance(axes, tuple) else (axes,)))
+    # table[:, buckets] as a one-hot matmul (as T5X): cheaper than a gather on
+    # accelerators, and it shards along heads.
+    if xla_cpu.enabled():  # CPU path
+      return xla_cpu.position_bias(table, one_hot)[None]
+    return jnp.einsum("hb,qkb->hqk", table, one_hot)[None]
 
 
 def add_shared_bias(scores: Array, bias: Array) -> Array:
   """scores [B, H, Q, K] + bias [1, H, Q, K]: the position bias shared by the batch."""
-  if bias.shape[0] != 1 or scores.shape[0] == 1:
-    return scores + bias
-  return _add_batch_shared_bias(scores, bias)
-
-
-@jax.custom_vjp
-def _add_batch_shared_bias(scores: Array, bias: Array) -> Array:
+  if xla_cpu.enabled():  # CPU path
+    return xla_cpu.add_shared_bias(scores, bias)
   return scores + bias
 
 
-def _add_batch_shared_bias_fwd(scores, bias):
-  return scores + bias, None
-
-
-def _add_batch_shared_bias_bwd(_, grad):
-  if _batch_is_sharded():  # a plain reduce: local sums plus one all-reduce over 'data'
-    return grad, jnp.sum(grad, axis=0, keepdims=True)
-  # XLA-CPU runs a reduction over this leading axis through a slow YNN path
-  # (~100 ms for six T5-small layers); a tree of elementwise adds is ~1 ms.
-  return grad, tree_sum_leading(grad)
-
-
-_add_batch_shared_bias.defvjp(_add_batch_shared_bias_fwd, _add_batch_shared_bias_bwd)
-
-
 def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
-  """jnp.einsum of `a` and `b` computed in `dtype`, the result in `out_dtype` (default
-  `dtype`). In float32 this is the plain einsum. In a low precision (bfloat16) the
-  products accumulate in float32, forward and backward (`_low_precision_einsum`)."""
+  """jnp.einsum of `a` and `b` cast to `dtype`, the result in `out_dtype` (default `dtype`).
+
+  A float32 result (attention scores, logits) is asked of the dot itself with
+  `preferred_element_type`; a bfloat16 one is the plain bfloat16 dot, which
+  GPUs and TPUs accumulate in float32. Autodiff then gives the backward dots
+  bfloat16 cotangents, and `save_dots` remat sees every dot. CPU path.
+  """
+  if xla_cpu.enabled():
+    return xla_cpu.einsum(spec, a, b, dtype, out_dtype)
   dtype = jnp.dtype(dtype)
   out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
-  if dtype == jnp.float32:
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
-                      preferred_element_type=jnp.float32).astype(out_dtype)
-  return _low_precision_einsum(spec, dtype, out_dtype, a, b)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _low_precision_einsum(spec, dtype, out_dtype, a, b):
-  """Why a custom gradient: XLA-CPU runs a bfloat16 dot with a bfloat16 result on a
-  slow path (~180 GFLOP/s on this project's Xeon, like float32), but bfloat16
-  inputs with a float32 result on AMX (~900+). Autodiff of such a dot would hand
-  the backward dots float32 cotangents and so float32 (upcast) operands. Here all
-  three dots take `dtype` operands and accumulate in float32; each gradient comes
-  back in its operand's own dtype, so a float32 weight gets an unrounded float32
-  gradient (T5X's bfloat16 recipe keeps float32 parameters too)."""
+  preferred = jnp.float32 if out_dtype == jnp.float32 else dtype
   return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
-                    preferred_element_type=jnp.float32).astype(out_dtype)
-
-
-def _low_precision_einsum_fwd(spec, dtype, out_dtype, a, b):
-  out = _low_precision_einsum(spec, dtype, out_dtype, a, b)
-  # The dtype tokens carry each operand's dtype (residuals must be arrays).
-  return out, (a.astype(dtype), b.astype(dtype), jnp.zeros((0,), a.dtype),
-               jnp.zeros((0,), b.dtype))
-
-
-def _low_precision_einsum_bwd(spec, dtype, out_dtype, res, grad):
-  a, b, a_token, b_token = res
-  inputs, out = spec.replace(" ", "").split("->")
-  a_spec, b_spec = inputs.split(",")
-  grad = grad.astype(dtype)
-  # Matmul-style specs only: every index of an operand appears in the other operand or
-  # the output, so each gradient is one einsum of the cotangent with the other operand.
-  grad_a = _contract_last_dot(f"{out},{b_spec}->{a_spec}", grad, b)
-  grad_b = _contract_last_dot(f"{a_spec},{out}->{b_spec}", a, grad)
-  return grad_a.astype(a_token.dtype), grad_b.astype(b_token.dtype)
-
-
-def _contract_last_dot(spec: str, x: Array, y: Array) -> Array:
-  """einsum(spec, x, y) accumulating in float32, on CPU with x's contracted axes moved
-  last first. XLA-CPU's fast low-precision kernel takes a left operand contracted on its
-  last axes only; XLA folds a plain transpose back into the dot (and then falls
-  back to a kernel without bfloat16 x bfloat16 -> float32), so the moved copy is
-  pinned with an optimization barrier."""
-  inputs, out = spec.split("->")
-  x_spec, y_spec = inputs.split(",")
-  if "." not in x_spec and jax.default_backend() == "cpu":  # GPU/TPU dots take either
-    contracted = [c for c in x_spec if c in y_spec and c not in out]
-    moved = "".join(c for c in x_spec if c not in contracted) + "".join(contracted)
-    if moved != x_spec:
-      x = jax.lax.optimization_barrier(jnp.einsum(f"{x_spec}->{moved}", x))
-      x_spec = moved
-  return jnp.einsum(f"{x_spec},{y_spec}->{out}", x, y, preferred_element_type=jnp.float32)
-
-
-_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
-
-
-_KERNELS_OUT_IN = contextvars.ContextVar("t5jax_kernels_out_in", default=False)
-
-
-@contextlib.contextmanager
-def kernels_stored_out_in():
-  """While tracing under this, `matmul` contracts each kernel as `kernel.T` [N, K].
-
-  For decoding (t5jax.decoding): its weights enter jit stored [out, in] and are
-  handed to the model as `stored.T`, so the two transposes cancel and the dot
-  reads the stored layout. XLA-CPU streams a [N, K] weight ~3x faster than a
-  [K, N] one for few-row bf16 matmuls, but would copy any weight it may lay out
-  itself back to [K, N]."""
-  token = _KERNELS_OUT_IN.set(True)
-  try:
-    yield
-  finally:
-    _KERNELS_OUT_IN.reset(token)
+                    preferred_element_type=preferred).astype(out_dtype)
 
 
 def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
-  """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`)."""
-  if _KERNELS_OUT_IN.get():  # a 2-D dot: XLA keeps [N, K] for those, but canonicalises
-    # a [..., K] x [N, K] dot by copying the weight to [K, N]
-    y = einsum("mk,nk->mn", x.reshape(-1, x.shape[-1]), kernel.T, dtype, out_dtype)
-    return y.reshape(*x.shape[:-1], kernel.shape[-1])
-  if jnp.dtype(dtype) == jnp.float32:
-    # One 2-D dot, so that autodiff's weight gradient is the 2-D "mk,mn->kn" too
-    # (docs/design.md, "Dtypes"): from [..., K] it contracts two row axes, and
-    # XLA-CPU wrote each cotangent transposed inside its producer fusion. bfloat16
-    # keeps the [..., K] form, which measured faster there.
-    y = einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel, dtype, out_dtype)
-    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+  """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`). CPU path."""
+  if xla_cpu.enabled():
+    return xla_cpu.matmul(x, kernel, dtype, out_dtype)
   return einsum("...k,kn->...n", x, kernel, dtype, out_dtype)
 
 
-def _project_to_heads(x: Array, kernel: Array, dtype) -> Array:
-  """[B, L, E] x [E, H, D] -> [B, L, H, D] as one plain [B*L, E] x [E, H*D] matmul on
-  the reshaped (not transposed) kernel. 3-D einsums made XLA-CPU copy weights and
-  activations: ~8% of a T5-small training step, and every decoding step."""
-  e, h, d = kernel.shape
-  y = matmul(x, kernel.reshape(e, h * d), dtype)
-  return y.reshape(*y.shape[:-1], h, d)
+def project_to_heads(x: Array, kernel: Array, dtype) -> Array:
+  """[B, L, E] x [E, H, D] -> [B, L, H, D]. CPU path."""
+  if xla_cpu.enabled():
+    return xla_cpu.project_to_heads(x, kernel, dtype)
+  return einsum("ble,ehd->blhd", x, kernel, dtype)
 
 
-def _project_from_heads(x: Array, kernel: Array, dtype) -> Array:
-  """[B, L, H, D] x [H, D, E] -> [B, L, E], likewise one 2-D matmul."""
-  h, d, e = kernel.shape
-  return matmul(x.reshape(*x.shape[:2], h * d), kernel.reshape(h * d, e), dtype)
+def project_from_heads(x: Array, kernel: Array, dtype) -> Array:
+  """[B, L, H, D] x [H, D, E] -> [B, L, E]. CPU path."""
+  if xla_cpu.enabled():
+    return xla_cpu.project_from_heads(x, kernel, dtype)
+  return einsum("blhd,hde->ble", x, kernel, dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -348,7 +261,7 @@ class MultiHeadAttention(nn.Module):
     if self.decode:
       return self._decode_attention(inputs_q, inputs_kv, mask, bias, decode_position,
                                     (wq, wk, wv, wo))
-    project = lambda x, w: _project_to_heads(x, w, self.dtype)
+    project = lambda x, w: project_to_heads(x, w, self.dtype)
 
     query = project(inputs_q, wq)
     key, value = project(inputs_kv, wk), project(inputs_kv, wv)
@@ -364,7 +277,7 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(scores, axis=-1)
     weights = Dropout(self.dropout_rate)(weights, self.deterministic)
     out = einsum("bhqk,bkhd->bqhd", weights, value, self.dtype)
-    return _project_from_heads(out, wo, self.dtype)
+    return project_from_heads(out, wo, self.dtype)
 
   def _decode_attention(self, inputs_q, inputs_kv, mask, bias, decode_position, weights):
     """Attention for incremental decoding (inference only: no dropout).
@@ -389,7 +302,7 @@ class MultiHeadAttention(nn.Module):
     def project(x, w):  # heads-major after the plain matmul (an einsum straight to
       # heads-major made XLA-CPU transpose the weights on every step)
       return nn.with_logical_constraint(
-          jnp.swapaxes(_project_to_heads(x, w, self.dtype), 1, 2), heads_major)
+          jnp.swapaxes(project_to_heads(x, w, self.dtype), 1, 2), heads_major)
 
     query = project(inputs_q, wq)  # [Bq, H, Q, D]
     if self.cross:
@@ -439,7 +352,7 @@ class MultiHeadAttention(nn.Module):
     out = einsum("bhqk,bhkd->bhqd", probs, value, self.dtype)
     if groups > 1:  # [kv_rows, H, g * Q, D] -> [rows, H, Q, D]
       out = jnp.swapaxes(out.reshape(kv_rows, h, groups, q_len, d), 1, 2).reshape(rows, h, q_len, d)
-    return _project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype)
+    return project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype)
 
 
 class MlpBlock(nn.Module):
@@ -482,11 +395,17 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    if _KERNELS_OUT_IN.get():  # decoding: the [vocab, embed] table is [out, in] already
-      return matmul(x, self.embedding.T, self.dtype, jnp.float32)
+    if xla_cpu.enabled():  # CPU path
+      return xla_cpu.attend(x, self.embedding, self.dtype)
     return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)
 def remat_policy(name: str):
-  return {"full": None, "save_dots": jax.checkpoint_policies.checkpoint_dots}[name]
+  """`full`: save nothing inside a layer. `save_dots`: save every matmul output, the
+  dots jax sees plus the CPU path's bfloat16 matmuls (a custom VJP, which a
+  policy cannot look into, so they are saved by name)."""
+  policies = jax.checkpoint_policies
+  return {"full": None,
+          "save_dots": policies.save_from_both_policies(
+              policies.checkpoint_dots, policies.save_only_these_names(xla_cpu.DOT_NAME))}[name]

@@ -18,7 +18,7 @@ NORMALIZATIONS = ("num_real_target_tokens", "num_total_target_tokens", "average_
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  label_smoothing: float = 0.0  # T5X default; 0.1 is the seed's option
+  label_smoothing: float = 0.0  # T5X default; 0.1 is a common choice
   z_loss: float = 1e-4  # z * log(Z)^2, keeps the softmax normaliser near 1
   # One of NORMALIZATIONS, or a number: T5X's fixed loss_normalizing_factor
   # (the released t5.1.0 checkpoints: 2048 x 114 = 233472).

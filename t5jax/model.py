@@ -10,7 +10,8 @@ on differences of positions, which are the same for a segment wherever it sits
 in a packed row, and attention across segments is masked.
 
 Incremental decoding keeps keys/values in the 'cache' collection; see
-`init_cache` and `T5.decode(..., decode=True)`. Only jax/flax/numpy here.
+`init_cache` and `T5.decode(..., decode=True)`. Only jax/flax/numpy and
+t5jax's config and layers here.
 
 With `config.scan_layers` each stack's layers run as one `nn.scan` and their
 parameters are stacked along a leading 'layers' axis (`encoder/layers/...`);
@@ -351,12 +352,5 @@ def scan_params(config: T5Config, params) -> tuple[T5Config, dict]:
   return config.replace(scan_layers=True), params
 
 
-def format_count(n: int) -> str:
-  for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-    if n >= size:
-      return f"{n / size:.2f}{unit}"
-  return str(n)
-
-
 __all__ = ["T5", "T5Config", "init_params", "abstract_params", "logical_axes",
-           "count_params", "init_cache", "format_count", "scan_params", "unscan_params"]
+           "count_params", "init_cache", "scan_params", "unscan_params"]

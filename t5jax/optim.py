@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5jax import adafactor
+from t5jax import xla_cpu
 from t5jax.config import SCANNED_LAYERS
 
 SCHEDULES = ("rsqrt", "warmup_rsqrt", "constant", "cosine")
@@ -71,7 +71,8 @@ def rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
 
 
 def warmup_rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
-  """The seed document's eta0 * min(t^-1/2, t / warmup^1.5), t = step + 1.
+  """eta0 * min(t^-1/2, t / warmup^1.5), t = step + 1: rsqrt decay after a linear
+  ramp (docs/t5_facts.md, "Optimisation").
 
   t counts from 1 so the first update is not multiplied by zero.
   """
@@ -112,8 +113,8 @@ def make_schedule(config: OptimizerConfig) -> Callable:
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   schedule = make_schedule(config)
   if config.name == "adafactor":
-    if config.momentum is None:  # T5's setting: the fused form (same arithmetic and state)
-      tx = adafactor.adafactor(
+    if config.momentum is None and xla_cpu.enabled():  # CPU path: fused, same state tree
+      tx = xla_cpu.adafactor(
           schedule, decay_rate=config.decay_rate,
           min_dim_size_to_factor=config.min_dim_size_to_factor, epsilon1=config.epsilon1,
           clipping_threshold=config.clipping_threshold,

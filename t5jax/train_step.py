@@ -2,7 +2,10 @@
 
     step_fn = make_train_step(model_config, tx, LossConfig(), schedule, microbatches=4)
     state, metrics = step_fn(state, batch, rng)  # pure; no sharding in here
-    jitted = jit_train_step(step_fn, mesh, rule_set, state_shardings)
+    abstract_state, state_sh = state_shardings(mesh, model_config, rule_set, tx)
+    compiled = jit_steps(mesh, rule_set, state_sh, step_fn,
+                         make_eval_step(model_config, LossConfig()))
+    state, metrics = compiled.train_step(state, batch, rng)  # sharded, state donated
 
 A batch is a dict of [B, L] int arrays with the seqio encoder-decoder
 feature names (decoder_loss_weights may be float).
@@ -19,9 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from t5jax import losses, partitioning
-from t5jax.model import T5
-
-OPTIONAL_FEATURES = ("encoder_segment_ids", "decoder_segment_ids")
+from t5jax.model import T5, abstract_params
 
 
 @flax.struct.dataclass
@@ -162,7 +163,6 @@ def jit_steps(mesh, rule_set, state_shardings: TrainState, train_step: Callable,
 def state_shardings(mesh, model_config, rule_set, tx) -> tuple[TrainState, TrainState]:
   """(abstract state, NamedSharding tree) for a TrainState of this model and optimizer."""
   param_sh = partitioning.param_shardings(mesh, model_config, rule_set)
-  from t5jax.model import abstract_params
   abstract_p = flax.linen.meta.unbox(abstract_params(model_config))
   abstract = jax.eval_shape(lambda p: init_state(p, tx), abstract_p)
   opt_sh = partitioning.opt_state_shardings(mesh, abstract.opt_state, abstract_p, param_sh)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from t5jax import checkpoints, flops, losses, optim, partitioning, train_step as steps
+from t5jax import checkpoints, flops, losses, optim, partitioning, train_step as steps, xla_cpu
 from t5jax.metrics import MetricsWriter
 from t5jax.model import init_params as model_init_params
 
@@ -160,6 +160,8 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   abstract, state_sh = steps.state_shardings(mesh, model_config, rule_set, tx)
   say(partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
                             state_sh.opt_state))
+  say(f"Kernels: {'XLA-CPU' if xla_cpu.enabled() else 'standard'} path "
+      f"({xla_cpu.ENV}={xla_cpu.setting()}, backend {jax.default_backend()}).")
   step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
                                   skip_nonfinite=config.on_nonfinite == "skip")
   eval_fn = steps.make_eval_step(model_config, config.loss) if eval_data_fn else None

@@ -28,7 +28,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_encoder_and_logits_match_hf(case):
+def test_encoder_and_logits_match_hf(case, both_paths):
   model = hf_model(**CASES[case])
   config, params = to_t5jax(model)
   enc, dec = batch()

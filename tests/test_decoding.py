@@ -41,7 +41,7 @@ def model_and_inputs(request):
   return model, config, params, enc
 
 
-def test_greedy_matches_hf(model_and_inputs):
+def test_greedy_matches_hf(model_and_inputs, both_paths):
   model, config, params, enc = model_and_inputs
   ref, _ = _hf_generate(model, enc, max_new_tokens=12, do_sample=False, num_beams=1)
   out = decode(params, config, enc, DecodeConfig(max_decode_length=12))
@@ -50,7 +50,7 @@ def test_greedy_matches_hf(model_and_inputs):
   assert len(np.unique(ref)) > 1  # a non-degenerate reference
 
 
-def test_beam_search_matches_hf_without_length_penalty(model_and_inputs):
+def test_beam_search_matches_hf_without_length_penalty(model_and_inputs, both_paths):
   model, config, params, enc = model_and_inputs
   ref, hf_out = _hf_generate(model, enc, max_new_tokens=10, do_sample=False, num_beams=4,
                              num_return_sequences=2, length_penalty=0.0, early_stopping=False)
@@ -62,7 +62,7 @@ def test_beam_search_matches_hf_without_length_penalty(model_and_inputs):
                              hf_out.sequences_scores.numpy(), atol=1e-4)
 
 
-def test_no_repeat_ngram_matches_hf(model_and_inputs):
+def test_no_repeat_ngram_matches_hf(model_and_inputs, both_paths):
   model, config, params, enc = model_and_inputs
   ref, _ = _hf_generate(model, enc, max_new_tokens=12, do_sample=False, num_beams=1,
                         no_repeat_ngram_size=2)
@@ -90,7 +90,7 @@ def test_sampling_is_reproducible_from_seed(model_and_inputs):
   assert not np.array_equal(a.tokens, c.tokens)
 
 
-def test_score_targets_matches_hf(model_and_inputs):
+def test_score_targets_matches_hf(model_and_inputs, both_paths):
   model, config, params, enc = model_and_inputs
   rng = np.random.default_rng(0)
   targets = rng.integers(2, 24, (4, 6)).astype(np.int32)
@@ -173,7 +173,7 @@ def test_bad_decode_arguments():
     decode(params, config, np.zeros((2, 0), np.int32))
 
 
-def test_min_decode_length_matches_hf(model_and_inputs):
+def test_min_decode_length_matches_hf(model_and_inputs, both_paths):
   model, config, params, enc = model_and_inputs
   ref, _ = _hf_generate(model, enc, max_new_tokens=10, min_new_tokens=6, do_sample=False,
                         num_beams=1)
@@ -182,7 +182,7 @@ def test_min_decode_length_matches_hf(model_and_inputs):
   assert not np.any(np.asarray(out.tokens[:, 0, :6]) == 1)
 
 
-def test_sharded_decoding_equals_single_device(model_and_inputs):
+def test_sharded_decoding_equals_single_device(model_and_inputs, both_paths):
   from t5jax.partitioning import MeshConfig, make_mesh
   _, config, params, enc = model_and_inputs
   if config.tie_word_embeddings:
@@ -232,13 +232,15 @@ def test_decode_step_with_shared_encoder_rows_equals_repeated_rows(repeat_tokens
 
 
 def test_bfloat16_decoding_layout_is_only_a_layout(model_and_inputs):
-  """bf16 decoding stores matmul weights [out, in] (`prepare_params`) and contracts them
-  under `kernels_stored_out_in`: the model's logits are the plain bf16 model's, and
+  """bf16 decoding on the CPU path stores matmul weights [out, in] (`prepare_params`) and
+  contracts them under `kernels_stored_out_in`: the model's logits are the plain bf16 model's, and
   greedy decoding equals a full-forward (uncached) bf16 argmax loop."""
-  from t5jax.decoding import _restore, prepare_params
-  from t5jax.layers import kernels_stored_out_in
+  from t5jax import xla_cpu
+  from t5jax.decoding import _param_shapes, prepare_params
   from t5jax.model import T5
   _, config, params, enc = model_and_inputs
+  if not xla_cpu.enabled():
+    pytest.skip("the [out, in] layout is the XLA-CPU path's")
   config = config.replace(dtype="bfloat16")
   prepared = prepare_params(params, config).tree
   assert prepared["decoder"]["layers_0"]["mlp"]["wo"].shape == \
@@ -247,8 +249,9 @@ def test_bfloat16_decoding_layout_is_only_a_layout(model_and_inputs):
 
   @jax.jit
   def stored_logits(prepared):
-    with kernels_stored_out_in():
-      return T5(config).apply({"params": _restore(prepared, config)}, enc, dec)
+    with xla_cpu.kernels_stored_out_in():
+      return T5(config).apply(
+          {"params": xla_cpu.restore_out_in(prepared, _param_shapes(config))}, enc, dec)
   plain = jax.jit(lambda p: T5(config).apply({"params": p}, enc, dec))(params)
   np.testing.assert_allclose(stored_logits(prepared), plain, rtol=1e-5, atol=1e-5)
 
@@ -296,11 +299,3 @@ def test_prepared_params_are_reused_and_checked(model_and_inputs):
   assert agree.mean() >= 0.5
   np.testing.assert_allclose(np.asarray(sharded.scores)[agree], np.asarray(plain.scores)[agree],
                              atol=0.05)
-
-
-def test_first_argmax_is_argmax():
-  from t5jax.decoding import first_argmax
-  x = jnp.array([[0.0, 3.0, 3.0, -1.0], [5.0, 1.0, 5.0, 5.0], [-2.0, -1.0, -3.0, -1.5]])
-  np.testing.assert_array_equal(first_argmax(x), jnp.argmax(x, axis=-1))
-  x = jax.random.normal(jax.random.PRNGKey(0), (7, 1000))
-  np.testing.assert_array_equal(first_argmax(x), jnp.argmax(x, axis=-1))

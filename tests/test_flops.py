@@ -1,4 +1,4 @@
-"""FLOP counting (T5_NOTES.md figure), MFU arithmetic and the benchmark entry point."""
+"""FLOP counting (docs/t5_facts.md figure), MFU arithmetic and the benchmark entry point."""
 
 import pytest
 
@@ -11,7 +11,8 @@ from t5jax.partitioning import MeshConfig
 
 
 def test_t5_1_1_base_flops_per_sequence():
-  # T5_NOTES.md: 425.9 GFLOP per sequence per training step at 512/114.
+  # docs/t5_facts.md, "FLOPs for MFU": 425.9 GFLOP per sequence per training step
+  # at 512/114.
   got = flops.train_step_flops(get_config("t5.1.1-base"), 1, 512, 114)
   assert got / 1e9 == pytest.approx(425.9, abs=0.05)
   # Linear in the batch.

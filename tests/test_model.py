@@ -10,7 +10,7 @@ from t5jax.config import PRESETS, T5Config, get_config
 from t5jax.conversion.tree import flatten
 from t5jax.model import T5, count_params, init_cache, init_params, logical_axes
 
-# From ../shared/T5_NOTES.md (vocab 32128).
+# docs/t5_facts.md, "Model" (vocab 32128).
 PAPER_COUNTS = {
     "t5.1.0-small": 60_506_624, "t5.1.0-base": 222_903_552, "t5.1.0-large": 737_668_096,
     "t5.1.0-3b": 2_851_598_336, "t5.1.0-11b": 11_307_321_344,
@@ -184,61 +184,6 @@ def test_counter_bits_are_uniform_and_independent():
   assert abs(np.corrcoef(u, v)[0, 1]) < 5e-3
   assert abs(np.corrcoef(u[:-1000], u[1000:])[0, 1]) < 5e-3  # next row, same column
   np.testing.assert_array_equal(a, np.asarray(counter_bits(jax.random.PRNGKey(0), (1000, 1000))))
-
-
-def test_relative_bias_gradient_equals_plain_einsum():
-  """The bias lookup's custom backward equals autodiff of the one-hot einsum."""
-  from t5jax.layers import _one_hot_lookup, relative_position_bucket
-  pos = jnp.arange(40)
-  one_hot = jax.nn.one_hot(relative_position_bucket(pos[None] - pos[:, None], True, 32, 128), 32)
-  table = jax.random.normal(jax.random.PRNGKey(0), (4, 32))
-  weights = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 40, 40))
-  loss = lambda lookup: lambda t: jnp.sum(jnp.sin(lookup(t, one_hot)[None] * weights))
-  got = jax.grad(loss(_one_hot_lookup))(table)
-  want = jax.grad(loss(lambda t, o: jnp.einsum("hb,qkb->hqk", t, o)))(table)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("batch", [1, 4, 5])
-def test_shared_bias_gradient_sums_the_batch(batch):
-  from t5jax.layers import add_shared_bias
-  scores = jax.random.normal(jax.random.PRNGKey(0), (batch, 2, 3, 3))
-  bias = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 3, 3))
-  loss = lambda add: lambda s, b: jnp.sum(jnp.sin(add(s, b)) * jnp.arange(batch)[:, None, None, None])
-  got = jax.grad(loss(add_shared_bias), argnums=(0, 1))(scores, bias)
-  want = jax.grad(loss(jnp.add), argnums=(0, 1))(scores, bias)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("spec,a_shape,b_shape", [
-    ("...k,kn->...n", (2, 5, 8), (8, 6)),              # projections, MLP
-    ("bqhd,bkhd->bhqk", (2, 3, 4, 5), (2, 7, 4, 5)),   # attention scores
-    ("bhqk,bkhd->bqhd", (2, 4, 3, 7), (2, 7, 4, 5)),   # attention output
-    ("bld,vd->blv", (2, 3, 8), (11, 8)),               # tied logits
-])
-def test_low_precision_einsum_accumulates_in_float32_both_ways(spec, a_shape, b_shape):
-  """bfloat16 einsum's custom backward = float32 math on the bfloat16-rounded operands
-  and cotangent; a float32 operand gets a float32 gradient, a bfloat16 one bfloat16."""
-  from t5jax.layers import einsum
-  rnd = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  a = jax.random.normal(keys[0], a_shape)
-  b = jax.random.normal(keys[1], b_shape)
-  out = jnp.einsum(spec, a, b)
-  weights = rnd(jax.random.normal(keys[2], out.shape))  # the cotangent, exact in bf16
-  loss = lambda f: lambda a, b: jnp.sum(f(a, b).astype(jnp.float32) * weights)
-  got_out = jax.jit(lambda a, b: einsum(spec, a, b, jnp.bfloat16, jnp.float32))(a, b)
-  np.testing.assert_allclose(got_out, jnp.einsum(spec, rnd(a), rnd(b)), rtol=1e-5, atol=1e-5)
-  got = jax.jit(jax.grad(loss(lambda a, b: einsum(spec, a, b, jnp.bfloat16, jnp.float32)),
-                         argnums=(0, 1)))(a, b)
-  want = jax.grad(loss(lambda a, b: jnp.einsum(spec, a, b)), argnums=(0, 1))(rnd(a), rnd(b))
-  for g, w in zip(got, want):
-    assert g.dtype == jnp.float32
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-  g_a, g_b = jax.grad(loss(lambda a, b: einsum(spec, a, b, jnp.bfloat16)), argnums=(0, 1))(
-      a.astype(jnp.bfloat16), b)
-  assert (g_a.dtype, g_b.dtype) == (jnp.bfloat16, jnp.float32)
 
 
 def test_bfloat16_gradients_track_float32():

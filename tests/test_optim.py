@@ -130,14 +130,15 @@ def test_attention_kernels_are_factored_as_matrices():
 
 
 def test_fused_adafactor_equals_optax_adafactor():
-  """t5jax.adafactor: same updates and the same state tree as optax's 5-transform chain."""
-  from t5jax.adafactor import adafactor
+  """The CPU path's fused Adafactor: same updates and the same state tree as optax's
+  5-transform chain (the standard path)."""
+  from t5jax.xla_cpu import adafactor
   rng = np.random.default_rng(3)
   params = {"kernel": rng.normal(size=(256, 160)).astype(np.float32),
             "tall": rng.normal(size=(130, 300, 2)).astype(np.float32),
             "scale": rng.normal(size=(256,)).astype(np.float32),
             "small": rng.normal(size=(64, 8)).astype(np.float32),
-            # factored with column means over a leading axis of 131 rows (t5jax.reductions)
+            # factored with column means over a leading axis of 131 rows (tree of adds)
             "wide": rng.normal(size=(131, 8200)).astype(np.float32)}
   schedule = lambda step: 0.01 / jnp.sqrt(step + 1.0)
   for clip, scale in [(1.0, True), (None, False)]:
@@ -156,12 +157,3 @@ def test_fused_adafactor_equals_optax_adafactor():
       p_new = optax.apply_updates(p_new, u)
     for a, b in zip(jax.tree.leaves((p_ref, s_ref)), jax.tree.leaves((p_new, s_new))):
       np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize("rows", [1, 2, 7, 64, 131])
-def test_tree_sum_leading_is_sum(rows):
-  from t5jax.reductions import tree_sum_leading
-  x = np.random.default_rng(rows).normal(size=(rows, 5, 3)).astype(np.float32)
-  got = jax.jit(tree_sum_leading)(x)
-  assert got.shape == (1, 5, 3)
-  np.testing.assert_allclose(got, x.sum(axis=0, keepdims=True), rtol=1e-5, atol=1e-5)

@@ -1,7 +1,7 @@
 """Pretraining objectives: T5 span corruption and the paper's ablations.
 
-Span corruption follows T5 exactly (T5 paper section 3.1.4 and the notes in
-shared/T5_NOTES.md):
+Span corruption follows T5 exactly (T5 paper section 3.1.4; docs/t5_facts.md,
+"Span corruption"):
   1. select_random_chunk: a document longer than 65536 tokens is cut to one
      randomly chosen aligned chunk of that size;
   2. reduce_concat_tokens: 128 documents are concatenated, no separator;

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from t5jax.data import corpus as corpus_lib
 from t5jax.data import objectives
+from t5jax.data import vocab as vocab_lib
 
 DEFAULT_CORPUS_TASK = "default_corpus_span_corruption"
 C4_TASK = "c4_span_corruption"
@@ -198,7 +199,6 @@ def register_default_corpus_task(vocabulary=None, *,
                                  **kwargs) -> seqio.Task:
   """Span corruption over the built-in default corpus (corpus.default_corpus)
   with, unless given, the vocabulary trained on it (vocab.get_vocabulary)."""
-  from t5jax.data import vocab as vocab_lib  # noqa: PLC0415 (avoid a cycle)
   if vocabulary is None:
     vocabulary = vocab_lib.get_vocabulary(cache_dir=cache_dir)
   return register_local_corpus_task(
