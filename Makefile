@@ -10,7 +10,7 @@ export USE_TF ?= 0
 RUN_DIR ?= runs/demo
 TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: install test pretrain finetune eval bench bench-data clean-venv
+.PHONY: install test pretrain finetune eval bench bench-data gpu-wheels gpu-dry-run clean-venv
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ bench: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
+
+# pytest and its pure-Python dependencies as wheels, for a GPU machine without them
+# (benchmarks/gpu_check.sh installs from .wheels when pytest is missing).
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps -d .wheels pytest iniconfig pluggy packaging exceptiongroup tomli
+
+# Every step of the GPU check on this CPU, with small shapes.
+gpu-dry-run: $(STAMP)
+	bash benchmarks/gpu_check.sh --cpu-dry-run --out runs/gpu_check_dry_run
 
 clean-venv:
 	rm -rf $(VENV)

@@ -78,10 +78,12 @@ def main(argv=None):
     import transformers
     from t5jax.conversion.hf import save_hf
     torch.set_num_threads(os.cpu_count())
+    # On a GPU machine HF runs on the GPU too (when this torch has CUDA).
+    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
       save_hf(tmp, base, params)
-      hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
-    ids = torch.tensor(enc, dtype=torch.long)
+      hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval().to(device)
+    ids = torch.tensor(enc, dtype=torch.long, device=device)
 
     def theirs(hf, beams):
       def run():
@@ -89,6 +91,8 @@ def main(argv=None):
           hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                       num_beams=beams, max_new_tokens=args.new_tokens,
                       min_new_tokens=args.new_tokens, length_penalty=0.0)
+        if device == "cuda":
+          torch.cuda.synchronize()
       return run
 
   results = {}
@@ -106,7 +110,8 @@ def main(argv=None):
                              for side, rate in results[dtype, name].items()), flush=True)
 
   print(f"\nDecoding {args.preset}, batch {args.batch}, {args.input_len} input tokens, "
-        f"{args.new_tokens} new tokens ({jax.devices()[0].platform}, {os.cpu_count()} cores)")
+        f"{args.new_tokens} new tokens ({jax.devices()[0].platform}: "
+        f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores)")
   print("| dtype | method | t5jax tokens/s | HF generate tokens/s | t5jax / HF |")
   print("|---|---|---:|---:|---:|")
   for (dtype, name), r in results.items():

@@ -229,8 +229,34 @@ def project_from_heads(x: Array, kernel: Array, dtype) -> Array:
   return einsum("blhd,hde->ble", x, kernel, dtype)
 
 
+def fused_attention(query: Array, key: Array, value: Array, mask: Array | None,
+                    bias: Array | None) -> Array:
+  """softmax(q k^T + bias, masked) v through `jax.nn.dot_product_attention`: cuDNN's
+  fused kernel on GPUs that have it, XLA's einsum-softmax-einsum elsewhere.
+
+  [B, Q, H, D] x [B, K, H, D] -> [B, Q, H, D], with no 1/sqrt(d_kv) scaling (T5).
+  The position bias and the mask fold into one additive bias in the activation
+  dtype: a float32 bias beside bfloat16 activations gave NaN gradients with cuDNN
+  on H100 (jax issue 32242). Attention dropout is not supported by it, so callers
+  use it only when attention dropout is off.
+  """
+  additive = bias
+  if mask is not None:
+    additive = jnp.where(mask, 0.0 if additive is None else additive, NEG_INF)
+  if additive is not None:
+    q_len, k_len = query.shape[1], key.shape[1]
+    additive = jnp.broadcast_to(additive, additive.shape[:2] + (q_len, k_len))
+    additive = additive.astype(query.dtype)
+  return jax.nn.dot_product_attention(query, key, value, bias=additive, scale=1.0,
+                                      implementation=None)
+
+
 class MultiHeadAttention(nn.Module):
   """Attention without 1/sqrt(d_kv) score scaling (folded into the query init).
+
+  Full sequences on the standard path with attention dropout off (T5.1.1
+  pretraining, evaluation) go through `fused_attention`; with dropout on, and on
+  the XLA-CPU path, the explicit einsum-softmax-einsum.
 
   Modes: full sequences; incremental self-attention decoding (`decode=True`,
   one query at `decode_position`, keys/values written into the 'cache'
@@ -269,6 +295,9 @@ class MultiHeadAttention(nn.Module):
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
+    if not xla_cpu.enabled() and (self.deterministic or self.dropout_rate == 0.0):
+      out = fused_attention(query, key, value, mask, bias)
+      return project_from_heads(out, wo, self.dtype)
     scores = einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32)
     if bias is not None:
       scores = add_shared_bias(scores, bias)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -44,10 +46,19 @@ class TrainConfig:
   tensorboard: bool = True
   handle_signals: bool = True  # SIGTERM/SIGINT: finish the step, save, return
   compiler_options: dict | None = None  # XLA options for the jitted steps (see jit_steps)
+  # Batches sharded onto the devices ahead of the step that uses them, on a background
+  # thread (0: on the main thread, just before the step).
+  prefetch: int = 2
+  # With several processes, how often (in steps) they agree on whether any got a
+  # signal; 0: at every fetch of metrics (log, eval and checkpoint steps).
+  sync_every: int = 0
 
   def __post_init__(self):
     if self.on_nonfinite not in ("stop", "skip"):
       raise ValueError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r}: 'stop' or 'skip'.")
+    if self.log_every < 1 or self.prefetch < 0 or self.sync_every < 0:
+      raise ValueError(f"TrainConfig: log_every={self.log_every} must be >= 1, prefetch="
+                       f"{self.prefetch} and sync_every={self.sync_every} >= 0.")
     if self.batch_size % self.microbatches:
       raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
                        f"microbatches={self.microbatches}.")
@@ -120,6 +131,70 @@ def _abstract_with_shardings(abstract, shardings):
                       abstract, shardings)
 
 
+class _Prefetcher:
+  """Global batches for steps start, start + 1, ..., made `depth` steps ahead.
+
+  A background thread reads `data` and shards each batch onto the devices
+  (`partitioning.global_batch`) while the current step runs, so the main thread
+  only dispatches. Errors in the thread (bad rows, a failing pipeline) are
+  raised by `next` in the main thread, at the step they belong to.
+  """
+
+  _END = object()
+
+  def __init__(self, data: Iterator[dict], make_batch: Callable[[dict], dict], depth: int):
+    self._data, self._make, self._depth = data, make_batch, depth
+    if depth:
+      self._queue = queue.Queue(maxsize=depth)
+      self._stop = threading.Event()
+      self._thread = threading.Thread(target=self._fill, daemon=True, name="t5jax-prefetch")
+      self._thread.start()
+
+  def _fill(self):
+    try:
+      for local in self._data:
+        if not self._put(self._make(local)):
+          return
+      self._put(self._END)
+    except BaseException as e:  # re-raised in the main thread
+      self._put(e)
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def next(self, step: int) -> dict:
+    item = self._queue.get() if self._depth else next(self._data, self._END)
+    if item is self._END:
+      raise ValueError(f"data_fn's iterator ended before step {step}: it must yield a batch "
+                       "for every step up to num_steps.")
+    if isinstance(item, BaseException):
+      raise item
+    return item if self._depth else self._make(item)
+
+  def close(self):
+    if self._depth:
+      self._stop.set()
+      self._thread.join(timeout=5)
+
+
+def _interval_summary(hosts: list[dict]) -> dict:
+  """What the log line and metrics.jsonl show for a logging interval (as T5X's
+  summaries): means over its steps, the learning rate of its last step, and
+  finite only if every step was."""
+  out = {k: float(np.mean([h[k] for h in hosts])) for k in hosts[-1]
+         if k not in ("step", "finite", "learning_rate")}
+  out["finite"] = float(all(h["finite"] for h in hosts))
+  if "learning_rate" in hosts[-1]:
+    out["learning_rate"] = hosts[-1]["learning_rate"]
+  return out
+
+
 def _any_process(flag: bool) -> bool:
   """True if any process saw `flag` (signals reach hosts at different steps)."""
   if jax.process_count() == 1:
@@ -190,70 +265,102 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   say(f"Peak {peak / 1e12:.1f} TFLOP/s per device ({peak_source}).")
 
   # 5. The loop. Step s consumes batch s with dropout key fold_in(rng, s), so a
-  # resumed run replays exactly what an uninterrupted one would have done.
+  # resumed run replays exactly what an uninterrupted one would have done. The host
+  # never waits for a step it has dispatched except at a fetch: log, eval and
+  # checkpoint steps, a signal, the first step (compilation) and the last. Metrics
+  # stay on the device until then; the next batches are sharded on a background
+  # thread meanwhile (`_Prefetcher`).
   writer = MetricsWriter(config.run_dir, config.num_steps, config.tensorboard,
                          console=verbose, active=jax.process_index() == 0)
   signals = _SignalFlag(config.handle_signals)
   history, stopped, step = [], "done", start
-  data = data_fn(start) if start < config.num_steps else iter(())
-  step_flops = None
+  rows_wanted = config.batch_size // jax.process_count()
+
+  def make_batch(local):
+    rows = np.shape(local["encoder_input_tokens"])[0]
+    if rows != rows_wanted:
+      raise ValueError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
+                       f"process(es); batch_size={config.batch_size} needs "
+                       f"{rows_wanted} per process.")
+    return partitioning.global_batch(local, mesh, rule_set)
+
+  data = _Prefetcher(data_fn(start) if start < config.num_steps else iter(()), make_batch,
+                     config.prefetch)
+  multi = jax.process_count() > 1
+  sync_every = config.sync_every or config.log_every
+  pending = []  # (step, device metrics) not fetched yet
+  step_flops, lengths, timer = None, None, None  # timer: (time, step) of the last fetch
   try:
     while step < config.num_steps:
-      local = next(data)
-      rows = np.shape(local["encoder_input_tokens"])[0]
-      if rows * jax.process_count() != config.batch_size:
-        raise ValueError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
-                         f"process(es); batch_size={config.batch_size} needs "
-                         f"{config.batch_size // jax.process_count()} per process.")
-      batch = partitioning.global_batch(local, mesh, rule_set)
+      batch = data.next(step)
       if step_flops is None:
         lengths = (batch["encoder_input_tokens"].shape[1], batch["decoder_input_tokens"].shape[1])
         step_flops = flops.train_step_flops(model_config, config.batch_size, *lengths)
-      t0 = time.perf_counter()
       state, metrics = compiled.train_step(state, batch, jax.random.fold_in(base_rng, step))
-      metrics = jax.device_get(metrics)  # waits for the step: honest step time
-      elapsed = time.perf_counter() - t0
       step += 1
-      host = {k: float(v) for k, v in metrics.items()}
-      if step > start + 1:  # the first step of a process includes compilation
+      pending.append((step, metrics))
+
+      evaluating = bool(config.eval_every) and step % config.eval_every == 0
+      logging = step % config.log_every == 0 or step in (1, config.num_steps) or evaluating
+      saving = ckpt.should_save(step)
+      syncing = multi and (step % sync_every == 0 or saving or step == config.num_steps)
+      signalled = not multi and signals.received is not None
+      if not (logging or saving or syncing or signalled or step == start + 1):
+        continue
+
+      # A fetch: waits for the last dispatched step. Per-step metrics come back
+      # together; timing is the wall time since the last fetch over its steps.
+      fetched = jax.device_get([m for _, m in pending])
+      now = time.perf_counter()
+      hosts = [{"step": s, **{k: float(v) for k, v in m.items()}}
+               for (s, _), m in zip(pending, fetched)]
+      if timer is not None:  # the first fetch of a process includes compilation
+        elapsed = (now - timer[0]) / (step - timer[1])
         # tokens_per_s counts every encoder + decoder position (what the FLOPs
         # count); target_tokens_per_s only the real (loss-weighted) targets.
-        host.update(step_time=elapsed, seq_per_s=config.batch_size / elapsed,
-                    tokens_per_s=config.batch_size * sum(lengths) / elapsed,
-                    target_tokens_per_s=host["num_tokens"] / elapsed,
-                    mfu=flops.mfu(step_flops, elapsed, mesh.devices.size, peak))
-      history.append({"step": step, **host})
+        for h in hosts:
+          h.update(step_time=elapsed, seq_per_s=config.batch_size / elapsed,
+                   tokens_per_s=config.batch_size * sum(lengths) / elapsed,
+                   target_tokens_per_s=h["num_tokens"] / elapsed,
+                   mfu=flops.mfu(step_flops, elapsed, mesh.devices.size, peak))
+      history.extend(hosts)
+      pending = []
 
-      if not host["finite"]:
-        if config.on_nonfinite == "stop":
-          stopped = "nonfinite"
-          say(f"Non-finite loss ({host['loss']}) or grad norm ({host['grad_norm']}) at step "
-              f"{step - 1} (the update from batch {step - 1}); stopping. The last good "
-              f"checkpoint is step {ckpt.latest_step()}.")
-          break
-        say(f"Non-finite loss at step {step - 1}: update skipped.")
+      bad = [h["step"] - 1 for h in hosts if not h["finite"]]
+      if bad and config.on_nonfinite == "stop":
+        stopped = "nonfinite"
+        first = next(h for h in hosts if not h["finite"])
+        say(f"Non-finite loss ({first['loss']}) or grad norm ({first['grad_norm']}) at step "
+            f"{bad[0]} (the update from batch {bad[0]}); stopping at step {step}. The last "
+            f"good checkpoint is step {ckpt.latest_step()}.")
+        break
+      for s in bad:
+        say(f"Non-finite loss at step {s}: update skipped.")
 
       eval_metrics = {}
-      if config.eval_every and step % config.eval_every == 0:
+      if evaluating:
         if eval_data_fn:
           eval_metrics = evaluate(compiled, state.params, eval_data_fn(), mesh, rule_set)
         if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
           eval_metrics.update(eval_hook(step, state.params))
       # Step 1 too: the starting loss, against which the curve is read.
-      if step % config.log_every == 0 or step in (1, config.num_steps) or eval_metrics:
-        writer.write(step, {**host, **eval_metrics})
-      if ckpt.should_save(step) or eval_metrics and config.checkpoint.best_metric:
+      if logging:
+        interval = [h for h in hosts if "step_time" in h] or hosts
+        writer.write(step, {**_interval_summary(interval), **eval_metrics})
+      if saving or eval_metrics and config.checkpoint.best_metric:
         ckpt.save(step, {"state": state, "rng": base_rng}, eval_metrics or None)
-      if _any_process(signals.received is not None):
+      if (signalled or syncing) and _any_process(signals.received is not None):
         stopped = "preempted"
         ckpt.save(step, {"state": state, "rng": base_rng})
         ckpt.wait()
         say(f"Received {signals.received or 'a signal on another process'}: saved step {step} "
             f"to {config.run_dir}; exiting. Rerun the same command to resume.")
         break
+      timer = (time.perf_counter(), step)  # eval and checkpoint time are not step time
     if stopped == "done" and step == config.num_steps and step > start:
       ckpt.save(step, {"state": state, "rng": base_rng})
   finally:
+    data.close()
     signals.restore()
     ckpt.close()
     writer.close()

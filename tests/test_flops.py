@@ -26,7 +26,7 @@ def test_mfu_and_peaks():
   assert flops.mfu(1e12, 0.5, 4, 1e12) == pytest.approx(0.5)
   assert flops.peak_flops_per_device(123.0) == (123.0, "config")
   peak, source = flops.peak_flops_per_device()  # CPU: not a known device -> measured
-  assert peak > 0 and source == "measured matmul"
+  assert peak > 0 and source == "measured 1024x1024 bfloat16 matmul"
 
 
 def test_measure_train_step_tiny():

@@ -1,0 +1,29 @@
+"""benchmarks/gpu_check.sh works before the first GPU minute is spent: its CPU dry run."""
+
+import os
+import subprocess
+import sys
+
+
+def test_gpu_check_cpu_dry_run_passes(tmp_path):
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHON"] = sys.executable
+  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-dry-run", "--out",
+                         str(tmp_path)], cwd=root, env=env, capture_output=True, text=True,
+                        timeout=900)
+  summary = (tmp_path / "summary.txt").read_text()
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+  steps = [line.split()[0] for line in summary.splitlines()]
+  assert steps == ["devices", "tests", "train", "memory", "decode"], summary
+  assert all(" rc=0 " in line for line in summary.splitlines()), summary
+  assert "| t5jax |" in (tmp_path / "train.log").read_text() or "tiny" in (
+      tmp_path / "train.log").read_text()
+  assert "tokens/s" in (tmp_path / "decode.log").read_text()
+
+
+def test_gpu_check_needs_an_out_dir():
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=root, capture_output=True,
+                        text=True)
+  assert proc.returncode == 2 and "--out DIR is required" in proc.stderr
