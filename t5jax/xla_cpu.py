@@ -37,7 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.ad_checkpoint import checkpoint_name
-from jax.interpreters import ad
+
+try:  # the tracer of forward-mode AD (jax.jvp); only for a clearer error, so optional
+  from jax.interpreters.ad import JVPTracer as _JVPTracer
+except ImportError:  # a JAX that no longer exports it: jax's own error then
+  _JVPTracer = ()
 
 Array = jax.Array
 ENV = "T5JAX_CPU_KERNELS"
@@ -105,7 +109,7 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
   if dtype == jnp.float32:
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
                       preferred_element_type=jnp.float32).astype(out_dtype)
-  if isinstance(a, ad.JVPTracer) or isinstance(b, ad.JVPTracer):
+  if isinstance(a, _JVPTracer) or isinstance(b, _JVPTracer):
     raise TypeError(
         f"Forward-mode autodiff (jax.jvp, jacfwd) of a {dtype.name} model is not supported "
         f"by the XLA-CPU kernels (their {dtype.name} matmuls have a custom VJP). Set "
