@@ -3,17 +3,26 @@
     ckpt = Checkpointer(run_dir, CheckpointConfig(every_steps=1000, keep=3), model_config)
     # abstract_* : jax.ShapeDtypeStruct trees with shardings; (None, None) on a fresh run
     start, tree = ckpt.restore_latest({"state": abstract_state, "rng": abstract_rng})
+    ckpt.restore_data(start, data)  # the input pipeline's position, if it was saved
     ...
     if ckpt.should_save(step):
-      ckpt.save(step, {"state": state, "rng": rng})  # async if configured
+      ckpt.save(step, {"state": state, "rng": rng}, data=data)  # async if configured
     ckpt.close()  # waits for pending saves
 
 Layout: run_dir/model_config.json (the T5Config, checked on every start) and
-run_dir/checkpoints/<step>/{state, meta}. Orbax writes each step into a
+run_dir/checkpoints/<step>/{state, meta, data}. Orbax writes each step into a
 temporary directory and renames it when complete, so an interrupted save
 (kill -9, preemption) leaves a tmp directory that `all_steps()` ignores,
 never a half-written <step>; a <step> that still fails to restore (disk
 corruption) is skipped with a warning in favour of the previous one.
+
+`data` holds each process's input-pipeline state (data/process_<i>-of-<n>/),
+written by the data source's own `save_state(directory)` at the moment the
+step is saved, so a resume continues the pipeline instead of replaying it.
+
+Model-config fields that change no parameter (PARAMETER_FREE_FIELDS: dtype,
+remat, dropout, scan_layers) may differ on resume; any other field is
+refused, naming it.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from t5jax.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -40,10 +51,30 @@ class CheckpointConfig:
   best_metric: str | None = None
   best_mode: str = "min"
   keep_best: int = 1
+  # Stop training after this many evaluations without a new best `best_metric`
+  # (0: never). The best step is recorded in run_dir/best.json.
+  early_stopping_patience: int = 0
+
+  def __post_init__(self):
+    if self.best_mode not in ("min", "max"):
+      raise ValueError(f"CheckpointConfig.best_mode={self.best_mode!r}: 'min' or 'max'.")
+    if self.early_stopping_patience < 0:
+      raise ValueError(f"CheckpointConfig.early_stopping_patience="
+                       f"{self.early_stopping_patience} must be >= 0.")
+    if self.early_stopping_patience and not self.best_metric:
+      raise ValueError("CheckpointConfig.early_stopping_patience needs best_metric (the eval "
+                       "metric that must improve), e.g. CheckpointConfig.best_metric = "
+                       "'eval/loss'.")
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UsageError):
   pass
+
+
+# T5Config fields that change no parameter's name, shape or meaning: a run may
+# resume with them changed (scan_layers changes the layout, which is converted).
+PARAMETER_FREE_FIELDS = ("dtype", "remat_policy", "dropout_rate", "scan_layers")
+BEST_FILE = "best.json"
 
 
 def config_to_json(config) -> dict:
@@ -60,36 +91,112 @@ def _with_defaults(stored: dict, config) -> dict:
   return out
 
 
-def check_model_config(run_dir: str, config) -> None:
-  """Writes run_dir/model_config.json on a fresh run; refuses a different config later."""
+def _architecture_diff(stored: dict, current: dict) -> dict:
+  return {k: (stored.get(k), current.get(k)) for k in sorted(set(stored) | set(current))
+          if k not in PARAMETER_FREE_FIELDS and stored.get(k) != current.get(k)}
+
+
+def stored_model_config(run_dir: str) -> dict | None:
+  """run_dir/model_config.json as a dict; None if there is none."""
+  path = os.path.join(run_dir, "model_config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value: dict) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)  # atomic: never a half-written file
+
+
+def check_model_config(run_dir: str, config) -> dict:
+  """Writes run_dir/model_config.json on a fresh run; on a resume refuses a
+  different architecture and returns {field: (stored, now)} of the
+  parameter-free fields that changed (the file is then updated to `config`)."""
   path = os.path.join(run_dir, "model_config.json")
   current = config_to_json(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = _with_defaults(json.load(f), config)
-    diff = {k: (stored.get(k), current.get(k)) for k in sorted(set(stored) | set(current))
-            if stored.get(k) != current.get(k)}
+  stored = stored_model_config(run_dir)
+  changed = {}
+  if stored is not None:
+    stored = _with_defaults(stored, config)
+    diff = _architecture_diff(stored, current)
     if diff:
       details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
       raise ConfigMismatchError(
-          f"{run_dir} holds checkpoints of a different model config ({details}). "
-          "Use a new run_dir, or the same model config to resume.")
-    return
+          f"{run_dir} holds checkpoints of a different model ({details}). Use a new run_dir, "
+          "or the same architecture to resume (only "
+          f"{', '.join(PARAMETER_FREE_FIELDS)} may change).")
+    changed = {k: (stored.get(k), current[k]) for k in PARAMETER_FREE_FIELDS
+               if stored.get(k) != current[k]}
+    if not changed:
+      return {}
   if jax.process_index() == 0:
     os.makedirs(run_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # atomic: never a half-written config
+    _write_json(path, current)
+  return changed
+
+
+class _DataState(ocp.CheckpointHandler):
+  """Orbax handler for the input pipeline: each process saves its own position.
+
+  The source is any object with save_state(directory) / restore_state(directory)
+  (t5jax.data.BatchIterator, or the trainer's prefetcher around it). Saving is
+  synchronous, at the step being saved; orbax still renames the whole step
+  directory only when every item is complete.
+  """
+
+  def save(self, directory, args):
+    path = directory / _process_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    args.source.save_state(os.fspath(path))
+
+  def restore(self, directory, args):
+    path = directory / _process_dir()
+    if not path.exists():  # saved by another number of processes
+      return False
+    args.source.restore_state(os.fspath(path))
+    return True
+
+
+def _process_dir() -> str:
+  return f"process_{jax.process_index()}-of-{jax.process_count()}"
+
+
+@ocp.args.register_with_handler(_DataState, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  source: object
+
+
+@ocp.args.register_with_handler(_DataState, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  source: object
+
+
+def checkpointable(source) -> bool:
+  """Whether a data source can save and restore its position."""
+  return callable(getattr(source, "save_state", None)) and callable(
+      getattr(source, "restore_state", None))
 
 
 class Checkpointer:
-  """Thin policy layer over ocp.CheckpointManager (items 'state' and 'meta')."""
+  """Thin policy layer over ocp.CheckpointManager (items 'state', 'meta', 'data').
 
-  def __init__(self, run_dir: str, config: CheckpointConfig, model_config):
+  runtime: a dict of how the run is laid out (mesh, rules, processes, devices,
+  microbatches), stored in each checkpoint's meta so a resume can say what
+  changed; none of it is needed to restore.
+  """
+
+  def __init__(self, run_dir: str, config: CheckpointConfig, model_config,
+               runtime: dict | None = None):
     self.config, self.model_config = config, model_config
+    self.runtime = dict(runtime or {})
     self.run_dir = os.path.abspath(run_dir)
-    check_model_config(self.run_dir, model_config)
+    self.changed = check_model_config(self.run_dir, model_config)
     preserve = [policies.LatestN(n=config.keep)]
     if config.best_metric:
       preserve.append(policies.BestN(
@@ -100,7 +207,9 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(preserve),
         cleanup_tmp_directories=True, create=True)
     self.manager = ocp.CheckpointManager(
-        os.path.join(self.run_dir, "checkpoints"), options=options, item_names=("state", "meta"))
+        os.path.join(self.run_dir, "checkpoints"), options=options,
+        item_names=("state", "meta", "data"))
+    self.best = read_best(self.run_dir)
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -111,31 +220,60 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return self.config.every_steps > 0 and step % self.config.every_steps == 0
 
-  def save(self, step: int, tree: dict, metrics: dict | None = None) -> bool:
-    """Saves now (async if configured); tree = {'state': TrainState, 'rng': key data}."""
+  def save(self, step: int, tree: dict, metrics: dict | None = None, data=None) -> bool:
+    """Saves now (async if configured); tree = {'state': TrainState, 'rng': key data}.
+
+    data: the input pipeline (see `checkpointable`), saved with the step so a
+    resume continues it. metrics: eval metrics for the best-checkpoint policy;
+    a new best is recorded in run_dir/best.json.
+    """
     if step in self.manager.all_steps():
       return False
-    meta = {"step": int(step), "model_config": config_to_json(self.model_config)}
-    return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                      meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+    meta = {"step": int(step), "model_config": config_to_json(self.model_config),
+            "runtime": self.runtime}
+    items = dict(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+    if data is not None and checkpointable(data):
+      items["data"] = DataSave(data)
+    saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                              force=True)
+    if saved and metrics and self.config.best_metric in metrics:
+      self._update_best(step, float(metrics[self.config.best_metric]))
+    return saved
 
-  def restore(self, step: int, abstract_tree: dict) -> dict:
-    out = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree),
-                                      meta=ocp.args.JsonRestore()))
-    stored = _with_defaults(out["meta"]["model_config"], self.model_config)
-    if stored != config_to_json(self.model_config):
+  def _update_best(self, step: int, value: float) -> None:
+    mode = self.config.best_mode
+    if self.best is not None and self.best.get("metric") == self.config.best_metric:
+      old = self.best["value"]
+      if not (value < old if mode == "min" else value > old):
+        return
+    self.best = {"step": int(step), "metric": self.config.best_metric, "value": value,
+                 "mode": mode}
+    if jax.process_index() == 0:
+      _write_json(os.path.join(self.run_dir, BEST_FILE), self.best)
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        "meta"]
+
+  def restore(self, step: int, abstract_tree) -> tuple[dict, dict]:
+    """(tree, meta) of one step. abstract_tree: the target tree, or a function of the
+    step's stored model config (a dict) giving it (for a changed layout)."""
+    meta = self.read_meta(step)
+    stored = _with_defaults(meta["model_config"], self.model_config)
+    diff = _architecture_diff(stored, config_to_json(self.model_config))
+    if diff:
       raise ConfigMismatchError(
-          f"Checkpoint {step} in {self.run_dir} was written for model config {stored}, "
-          f"not {config_to_json(self.model_config)}.")
-    if out["meta"]["step"] != step:
-      raise ValueError(f"Checkpoint {step} says it is step {out['meta']['step']}.")
-    return out["state"]
+          f"Checkpoint {step} in {self.run_dir} was written for a different model: "
+          + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items()))
+    if meta["step"] != step:
+      raise ValueError(f"Checkpoint {step} says it is step {meta['step']}.")
+    target = abstract_tree(stored) if callable(abstract_tree) else abstract_tree
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return out["state"], meta
 
-  def restore_latest(self, abstract_tree: dict) -> tuple[int, dict] | tuple[None, None]:
-    """(step, tree) of the newest checkpoint that restores; (None, None) if there is none.
+  def restore_latest(self, abstract_tree) -> tuple[int, dict, dict] | tuple[None, None, None]:
+    """(step, tree, meta) of the newest checkpoint that restores; Nones if there is none.
 
     A checkpoint that fails to restore is skipped with a warning; if every one
     fails, raises rather than silently starting from scratch over them.
@@ -144,9 +282,9 @@ class Checkpointer:
     errors = []
     for step in reversed(steps):
       try:
-        restored = self.restore(step, abstract_tree)
+        restored, meta = self.restore(step, abstract_tree)
         self._set_aside(errors)
-        return step, restored
+        return step, restored, meta
       except ConfigMismatchError:
         raise
       except Exception as e:  # orbax raises various types for unreadable files
@@ -159,7 +297,17 @@ class Checkpointer:
       raise RuntimeError(
           f"No checkpoint in {self.run_dir}/checkpoints could be restored (tried steps "
           f"{errors}). Move the directory aside to start from scratch.")
-    return None, None
+    return None, None, None
+
+  def restore_data(self, step: int, source) -> bool:
+    """Restores the input pipeline saved with `step` into `source`; False (and
+    `source` untouched) if the step has none for this process layout."""
+    if not checkpointable(source):
+      return False
+    if not os.path.isdir(os.path.join(self.run_dir, "checkpoints", str(step), "data")):
+      return False
+    out = self.manager.restore(step, args=ocp.args.Composite(data=DataRestore(source)))
+    return bool(out["data"])
 
   def _set_aside(self, bad_steps: list[int]) -> None:
     """Renames unreadable newer steps to <step>.corrupt-<time>.
@@ -189,3 +337,12 @@ class Checkpointer:
     self.manager.wait_until_finished()
     self.manager.close()
 
+
+
+def read_best(run_dir: str) -> dict | None:
+  """run_dir/best.json: {step, metric, value, mode} of the best checkpoint, or None."""
+  path = os.path.join(run_dir, BEST_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -10,9 +10,11 @@ batch_size / P rows. Everything else (resume, preemption, metrics) is here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -70,7 +72,7 @@ class TrainResult:
   state: Any
   step: int
   history: list  # one dict of host metrics per step run in this call
-  stopped: str  # 'done', 'preempted' or 'nonfinite'
+  stopped: str  # 'done', 'preempted', 'nonfinite' or 'early_stopped'
 
 
 class _SignalFlag:
@@ -117,21 +119,38 @@ class _Prefetcher:
   (`partitioning.global_batch`) while the current step runs, so the main thread
   only dispatches. Errors in the thread (bad rows, a failing pipeline) are
   raised by `next` in the main thread, at the step they belong to.
+
+  Its position can be saved with a checkpoint when `data` can save its own
+  (save_state / restore_state): the local batches read ahead but not yet used
+  by a step are saved with it (pending.npz) and come first after a restore,
+  as tf.data's prefetch buffer is part of its iterator's state.
   """
 
   _END = object()
 
   def __init__(self, data: Iterator[dict], make_batch: Callable[[dict], dict], depth: int):
     self._data, self._make, self._depth = data, make_batch, depth
-    if depth:
-      self._queue = queue.Queue(maxsize=depth)
-      self._stop = threading.Event()
-      self._thread = threading.Thread(target=self._fill, daemon=True, name="t5jax-prefetch")
-      self._thread.start()
+    self._lock = threading.Lock()  # held while reading `data` and while saving
+    self._pulled = collections.deque()  # read from `data`, not yet used by a step
+    self._restored = collections.deque()  # read ahead before a restart, not yet re-read
+    self._thread = None
+
+  def _start(self):
+    self._queue = queue.Queue(maxsize=self._depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, daemon=True, name="t5jax-prefetch")
+    self._thread.start()
+
+  def _pull(self):
+    with self._lock:
+      local = self._restored.popleft() if self._restored else next(self._data, self._END)
+      if local is not self._END:
+        self._pulled.append(local)
+    return local
 
   def _fill(self):
     try:
-      for local in self._data:
+      while (local := self._pull()) is not self._END:
         if not self._put(self._make(local)):
           return
       self._put(self._END)
@@ -148,18 +167,125 @@ class _Prefetcher:
     return False
 
   def next(self, step: int) -> dict:
-    item = self._queue.get() if self._depth else next(self._data, self._END)
+    if self._depth:
+      if self._thread is None:
+        self._start()
+      item = self._queue.get()
+    else:
+      item = self._pull()
+      item = item if item is self._END else self._make(item)
     if item is self._END:
       raise ValueError(f"data_fn's iterator ended before step {step}: it must yield a batch "
                        "for every step up to num_steps.")
     if isinstance(item, BaseException):
       raise item
-    return item if self._depth else self._make(item)
+    with self._lock:
+      self._pulled.popleft()
+    return item
+
+  def save_state(self, directory: str) -> None:
+    with self._lock:  # the reader thread is between batches
+      self._data.save_state(os.path.join(directory, "pipeline"))
+      pending = [*self._pulled, *self._restored]
+      np.savez(os.path.join(directory, "pending.npz"), count=len(pending),
+               **{f"{i}/{k}": v for i, batch in enumerate(pending) for k, v in batch.items()})
+
+  def restore_state(self, directory: str) -> None:
+    if self._thread is not None:
+      raise RuntimeError("restore_state after the first batch")
+    self._data.restore_state(os.path.join(directory, "pipeline"))
+    with np.load(os.path.join(directory, "pending.npz")) as z:
+      pending = [{} for _ in range(int(z["count"]))]
+      for name in z.files:
+        if name != "count":
+          i, key = name.split("/", 1)
+          pending[int(i)][key] = z[name]
+    self._restored = collections.deque(pending)
 
   def close(self):
-    if self._depth:
+    if self._thread is not None:
       self._stop.set()
       self._thread.join(timeout=5)
+
+
+def _describe_changes(meta: dict, ckpt) -> str:
+  """'dtype float32 -> bfloat16, mesh 4x2 -> 8x1': what differs from the checkpoint's run."""
+  parts = [f"{k} {a} -> {b}" for k, (a, b) in ckpt.changed.items()]
+  stored = meta.get("runtime", {})
+  parts += [f"{k} {stored[k]} -> {v}" for k, v in ckpt.runtime.items()
+            if k in stored and stored[k] != v]
+  return ", ".join(parts)
+
+
+_LAYER = re.compile(r"^layers_(\d+)$")
+
+
+def _split_path(path) -> tuple[tuple, tuple, int | None]:
+  """(role, param path with 'layers' for any layer key, layer index or None).
+
+  role: the keys before the parameter path (TrainState field, optimizer state
+  position), without per_layer's (group index, 'inner_state') pair, which
+  exists only for scanned stacks.
+  """
+  keys = list(path)
+  role, i = [], 0
+  while i < len(keys) and not isinstance(keys[i], jax.tree_util.DictKey):
+    key = keys[i]
+    following = keys[i + 1] if i + 1 < len(keys) else None
+    if (isinstance(key, jax.tree_util.SequenceKey)
+        and getattr(following, "name", None) == "inner_state"):
+      i += 2
+      continue
+    role.append(str(key))
+    i += 1
+  names, index = [], None
+  for key in keys[i:]:
+    name = str(getattr(key, "key", key))
+    match = _LAYER.match(name)
+    if match:
+      index, name = int(match.group(1)), "layers"
+    names.append(name)
+  return tuple(role), tuple(names), index
+
+
+def relayout(tree, target):
+  """`tree` (a TrainState) in the layer layout of `target` (abstract, same model).
+
+  Converts between per-layer (`layers_{i}`) and scanned (`layers`, leading
+  [num_layers] axis) parameters and every optimizer-state leaf that follows
+  them (Adafactor's factored moments, per-layer counts). Leaves are matched by
+  their role in the state and their parameter path, so any optax state that
+  mirrors the parameter tree converts.
+  """
+  old = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    role, names, index = _split_path(path)
+    old.setdefault((role, names), {}).setdefault(index, leaf)
+
+  def convert(path, want):
+    role, names, index = _split_path(path)
+    found = old.get((role, names))
+    if found is None:
+      raise ValueError(f"Cannot convert the checkpoint to scan_layers="
+                       f"{'layers' in names}: no leaf for {jax.tree_util.keystr(path)}.")
+    if index is not None:  # per-layer target
+      leaf = found.get(index)
+      leaf = found[None][index] if leaf is None else leaf
+    elif None in found:  # same layout, or an unlayered leaf
+      leaf = found[None]
+    else:  # scanned target from per-layer leaves
+      leaf = jax.numpy.stack([found[i] for i in range(len(found))])
+    if leaf.shape != want.shape:
+      if leaf.shape == want.shape[1:]:  # e.g. one count for every layer of a stack
+        leaf = jax.numpy.broadcast_to(leaf, want.shape)
+      elif leaf.shape[1:] == want.shape:
+        leaf = leaf[0]
+      else:
+        raise ValueError(f"Cannot convert {jax.tree_util.keystr(path)}: checkpoint shape "
+                         f"{leaf.shape}, wanted {want.shape}.")
+    return leaf.astype(want.dtype)
+
+  return jax.tree_util.tree_map_with_path(convert, target)
 
 
 def _interval_summary(hosts: list[dict]) -> dict:
@@ -222,16 +348,35 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   compiled = steps.jit_steps(mesh, rule_set, state_sh, step_fn, eval_fn,
                              config.compiler_options)
 
-  # 3. Resume from the latest good checkpoint, else initialise.
-  ckpt = checkpoints.Checkpointer(config.run_dir, config.checkpoint, model_config)
+  # 3. Resume from the latest good checkpoint, else initialise. A checkpoint may
+  # come from another mesh, process count or parameter-free model config
+  # (checkpoints.PARAMETER_FREE_FIELDS): orbax reshards onto this run's shardings,
+  # and a checkpoint of the other layer layout (scan_layers) is converted.
+  runtime = {"mesh": "x".join(map(str, mesh.devices.shape)), "rules": config.mesh.rules,
+             "processes": jax.process_count(), "devices": jax.device_count(),
+             "microbatches": config.microbatches}
+  ckpt = checkpoints.Checkpointer(config.run_dir, config.checkpoint, model_config, runtime)
   rng_sh = partitioning.replicated(mesh)
   base_rng = jax.random.PRNGKey(config.seed)
-  abstract_tree = {"state": _abstract_with_shardings(abstract, state_sh),
-                   "rng": jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rng_sh)}
-  start, restored = ckpt.restore_latest(abstract_tree)
+  abstract_rng = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rng_sh)
+  abstract_tree = {"state": _abstract_with_shardings(abstract, state_sh), "rng": abstract_rng}
+
+  def abstract_for(stored: dict):  # the tree as the checkpoint holds it
+    if stored.get("scan_layers", False) == model_config.scan_layers:
+      return abstract_tree
+    old = model_config.replace(scan_layers=stored["scan_layers"])
+    old_abstract, old_sh = steps.state_shardings(mesh, old, rule_set, tx)
+    return {"state": _abstract_with_shardings(old_abstract, old_sh), "rng": abstract_rng}
+
+  start, restored, meta = ckpt.restore_latest(abstract_for)
   if restored is not None:
     state, base_rng = restored["state"], restored["rng"]
+    if meta["model_config"].get("scan_layers", False) != model_config.scan_layers:
+      state = jax.jit(lambda old: relayout(old, abstract), out_shardings=state_sh)(state)
     say(f"Resumed from {config.run_dir} at step {start}.")
+    changes = _describe_changes(meta, ckpt)
+    if changes:
+      say(f"Changed since step {start} was saved: {changes}.")
   else:
     state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed, init_params,
                          config.compiler_options)
@@ -263,8 +408,16 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
                        f"{rows_wanted} per process.")
     return partitioning.global_batch(local, mesh, rule_set)
 
-  data = _Prefetcher(data_fn(start) if start < config.num_steps else iter(()), make_batch,
-                     config.prefetch)
+  source = data_fn(start) if start < config.num_steps else iter(())
+  data = _Prefetcher(source, make_batch, config.prefetch)
+  saved_data = data if checkpoints.checkpointable(source) else None  # saved with each step
+  if restored is not None and saved_data is not None and start < config.num_steps:
+    if ckpt.restore_data(start, data):
+      say(f"Input pipeline continues from its position saved at step {start} (no replay).")
+    else:
+      say(f"Input pipeline: step {start} saved no position for {jax.process_count()} "
+          f"process(es); replaying {start} batches to get there.")
+  patience = config.checkpoint.early_stopping_patience
   multi = jax.process_count() > 1
   sync_every = config.sync_every or config.log_every
   pending = []  # (step, device metrics) not fetched yet
@@ -327,17 +480,25 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
         interval = [h for h in hosts if "step_time" in h] or hosts
         writer.write(step, {**_interval_summary(interval), **eval_metrics})
       if saving or eval_metrics and config.checkpoint.best_metric:
-        ckpt.save(step, {"state": state, "rng": base_rng}, eval_metrics or None)
+        ckpt.save(step, {"state": state, "rng": base_rng}, eval_metrics or None, data=saved_data)
+      best = ckpt.best if ckpt.best and ckpt.best["metric"] == config.checkpoint.best_metric \
+          else None
+      if evaluating and patience and best and (step - best["step"]) // config.eval_every >= patience:
+        stopped = "early_stopped"
+        ckpt.save(step, {"state": state, "rng": base_rng}, data=saved_data)
+        say(f"Early stopping at step {step}: {patience} evals without a better "
+            f"{ckpt.best['metric']} than {ckpt.best['value']:.6g} (step {ckpt.best['step']}).")
+        break
       if (signalled or syncing) and _any_process(signals.received is not None):
         stopped = "preempted"
-        ckpt.save(step, {"state": state, "rng": base_rng})
+        ckpt.save(step, {"state": state, "rng": base_rng}, data=saved_data)
         ckpt.wait()
         say(f"Received {signals.received or 'a signal on another process'}: saved step {step} "
             f"to {config.run_dir}; exiting. Rerun the same command to resume.")
         break
       timer = (time.perf_counter(), step)  # eval and checkpoint time are not step time
     if stopped == "done" and step == config.num_steps and step > start:
-      ckpt.save(step, {"state": state, "rng": base_rng})
+      ckpt.save(step, {"state": state, "rng": base_rng}, data=saved_data)
   finally:
     data.close()
     signals.restore()

@@ -1,5 +1,6 @@
 """Checkpoints: exact resume after kill -9, SIGTERM, corrupt and foreign checkpoints."""
 
+import json
 import os
 import signal
 import subprocess
@@ -87,7 +88,7 @@ def test_interrupted_save_is_invisible_and_corrupt_latest_falls_back(tmp_path, c
   os.makedirs(tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234" / "state")
   ckpt = Checkpointer(str(tmp_path), CheckpointConfig(asynchronous=False), TINY)
   assert ckpt.all_steps() == [1, 2]
-  step, tree = ckpt.restore_latest(abstract(small_tree(0)))
+  step, tree, _ = ckpt.restore_latest(abstract(small_tree(0)))
   assert step == 2 and float(tree["state"]["w"][0, 0]) == 2.0
   # Corrupt step 2's array data: restore falls back to step 1 with a warning.
   for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "state"):
@@ -95,7 +96,7 @@ def test_interrupted_save_is_invisible_and_corrupt_latest_falls_back(tmp_path, c
       if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
-  step, tree = ckpt.restore_latest(abstract(small_tree(0)))
+  step, tree, _ = ckpt.restore_latest(abstract(small_tree(0)))
   assert step == 1 and float(tree["state"]["w"][0, 0]) == 1.0
   assert "Checkpoint step 2" in capsys.readouterr().out
   # The unreadable step is set aside, so step 2 can be written again.
@@ -140,3 +141,21 @@ def test_keeps_best_by_eval_metric_besides_last_k(tmp_path):
     ckpt.save(step, small_tree(step), {"eval/loss": loss})
   assert ckpt.all_steps() == [2, 4]  # the best (lowest loss) and the latest
   ckpt.close()
+  # The run directory says which step is best, for eval / infer / convert --step=best.
+  best = json.load(open(tmp_path / "best.json"))
+  assert best == {"step": 2, "metric": "eval/loss", "value": 1.0, "mode": "min"}
+
+
+def test_parameter_free_fields_may_change_others_are_refused(tmp_path):
+  Checkpointer(str(tmp_path), CheckpointConfig(), TINY).close()
+  changed = TINY.replace(dtype="bfloat16", dropout_rate=0.3, remat_policy="full",
+                         scan_layers=True)
+  ckpt = Checkpointer(str(tmp_path), CheckpointConfig(), changed)
+  assert ckpt.changed == {"dtype": ("float32", "bfloat16"), "dropout_rate": (0.0, 0.3),
+                          "remat_policy": ("none", "full"), "scan_layers": (False, True)}
+  ckpt.close()
+  assert json.load(open(tmp_path / "model_config.json"))["dtype"] == "bfloat16"
+  for field, value in (("num_heads", 8), ("feed_forward_proj", "relu"),
+                       ("layer_norm_epsilon", 1e-5)):
+    with pytest.raises(ConfigMismatchError, match=f"{field}: checkpoint"):
+      Checkpointer(str(tmp_path), CheckpointConfig(), changed.replace(**{field: value}))
