@@ -57,12 +57,12 @@ class CheckpointConfig:
 
   def __post_init__(self):
     if self.best_mode not in ("min", "max"):
-      raise ValueError(f"CheckpointConfig.best_mode={self.best_mode!r}: 'min' or 'max'.")
+      raise UsageError(f"CheckpointConfig.best_mode={self.best_mode!r}: 'min' or 'max'.")
     if self.early_stopping_patience < 0:
-      raise ValueError(f"CheckpointConfig.early_stopping_patience="
+      raise UsageError(f"CheckpointConfig.early_stopping_patience="
                        f"{self.early_stopping_patience} must be >= 0.")
     if self.early_stopping_patience and not self.best_metric:
-      raise ValueError("CheckpointConfig.early_stopping_patience needs best_metric (the eval "
+      raise UsageError("CheckpointConfig.early_stopping_patience needs best_metric (the eval "
                        "metric that must improve), e.g. CheckpointConfig.best_metric = "
                        "'eval/loss'.")
 
@@ -126,7 +126,7 @@ def check_model_config(run_dir: str, config) -> dict:
     if diff:
       details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
       raise ConfigMismatchError(
-          f"{run_dir} holds checkpoints of a different model ({details}). Use a new run_dir, "
+          f"{run_dir} holds checkpoints of a different model config ({details}). Use a new run_dir, "
           "or the same architecture to resume (only "
           f"{', '.join(PARAMETER_FREE_FIELDS)} may change).")
     changed = {k: (stored.get(k), current[k]) for k in PARAMETER_FREE_FIELDS
@@ -143,7 +143,8 @@ class _DataState(ocp.CheckpointHandler):
   """Orbax handler for the input pipeline: each process saves its own position.
 
   The source is any object with save_state(directory) / restore_state(directory)
-  (t5jax.data.BatchIterator, or the trainer's prefetcher around it). Saving is
+  (t5jax.data.BatchIterator, or the trainer's prefetcher around it); either may
+  return False for "no position saved here", and a resume then replays. Saving is
   synchronous, at the step being saved; orbax still renames the whole step
   directory only when every item is complete.
   """
@@ -157,8 +158,7 @@ class _DataState(ocp.CheckpointHandler):
     path = directory / _process_dir()
     if not path.exists():  # saved by another number of processes
       return False
-    args.source.restore_state(os.fspath(path))
-    return True
+    return args.source.restore_state(os.fspath(path)) is not False
 
 
 def _process_dir() -> str:

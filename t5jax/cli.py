@@ -1,11 +1,16 @@
 """The `t5jax` command line: one subcommand per job.
 
     t5jax train --gin_file=FILE [--run_dir=DIR] [--gin.NAME=VALUE ...]
-    t5jax eval  --gin_file=FILE --checkpoint=PATH [--gin.NAME=VALUE ...]
-    t5jax infer --gin_file=FILE --checkpoint=PATH --output=OUT.jsonl [--input_file=F]
+    t5jax eval  --gin_file=FILE --checkpoint=PATH [--step=best|latest|N] [--gin.NAME=VALUE ...]
+    t5jax infer --gin_file=FILE --checkpoint=PATH --output=OUT.jsonl [--input_file=F] [--step=...]
     t5jax vocab CORPUS... --output_dir=DIR [--vocab_size=N]
     t5jax params [PRESET ...]              parameter counts, nothing allocated
-    t5jax convert SRC DST [--to hf|t5jax]  checkpoint conversion
+    t5jax convert SRC DST [--to hf|t5jax] [--step=...]  checkpoint conversion
+    t5jax tasks [--data_dir=DIR]           tasks and mixtures DataConfig.task can name
+
+Bad input a user can fix (t5jax.errors.UsageError) is reported in one line,
+`t5jax CMD: error: MESSAGE`, with exit status 2; any other exception keeps
+its full traceback.
 
 Subcommands import what they need when they run, so `t5jax --help` and the
 core commands never import TensorFlow.
@@ -15,7 +20,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
+import re
 import sys
+
+from t5jax.errors import UsageError
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -23,7 +32,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
   out = {}
   for pair in pairs:
     if "=" not in pair:
-      raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set dropout_rate=0.1")
+      raise UsageError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set dropout_rate=0.1")
     key, value = pair.split("=", 1)
     try:
       out[key] = ast.literal_eval(value)
@@ -47,7 +56,9 @@ def cmd_params(args) -> int:
 def cmd_convert(args) -> int:
   from t5jax.conversion import load_checkpoint, save_checkpoint
   from t5jax.model import count_params
-  config, params = load_checkpoint(args.src, format=args.source_format,
+  if not os.path.exists(args.src) and not os.path.exists(args.src + ".index"):
+    raise UsageError(f"Checkpoint path {args.src!r} does not exist.")  # .index: a TF prefix
+  config, params = load_checkpoint(args.src, format=args.source_format, step=args.step,
                                    **_parse_overrides(args.set))
   save_checkpoint(args.dst, config, params, format=args.to)
   print(f"{args.src} -> {args.dst} ({args.to}): {count_params(config):,} parameters, "
@@ -78,7 +89,7 @@ def _gin_command(name: str):
     if getattr(args, "run_dir", None):
       bindings.insert(0, f"RUN_DIR = {args.run_dir!r}")
     for flag, target in (("checkpoint", "checkpoint"), ("output", "output"),
-                         ("input_file", "input_file")):
+                         ("input_file", "input_file"), ("step", "step")):
       if getattr(args, flag, None):
         bindings.append(f"{name}.{target} = {getattr(args, flag)!r}")
     search = [p for p in args.gin_search_paths.split(",") if p]
@@ -96,11 +107,50 @@ def _gin_command(name: str):
   return run_command
 
 
+def cmd_tasks(args) -> int:
+  from t5jax import run
+  where = args.data_dir or "~/tensorflow_datasets"
+  if args.data_dir and not os.path.isdir(args.data_dir):
+    raise UsageError(f"--data_dir={args.data_dir!r} is not a folder.")
+  entries = run.list_tasks(args.data_dir)
+  width = max(len(e["name"]) for e in entries)
+  print(f"Tasks and mixtures for DataConfig.task (sizes: TFDS data in {where}):")
+  for e in entries:
+    if e["kind"] == "mixture":
+      detail = f"mixture of {len(e['tasks'])} tasks: {', '.join(e['tasks'])}"
+    else:
+      sizes = e["splits"]
+      if all(n is None for n in sizes.values()):
+        why = ("counted when tokenised" if e["name"] in run.CORPUS_TASKS
+               else f"not prepared in {where}")
+        detail = f"{', '.join(sizes)}: size unknown ({why})"
+      else:
+        detail = ", ".join(f"{s}: {'size unknown' if n is None else f'{n:,}'}"
+                           for s, n in sizes.items())
+      detail = f"{e['source']}; {detail}"
+    print(f"  {e['name']:<{width}}  {detail}")
+  return 0
+
+
 def cmd_vocab(args) -> int:
   from t5jax.data import train_vocab
   path = train_vocab(args.corpus, args.output_dir, vocab_size=args.vocab_size)
   print(f"SentencePiece model: {path}")
   return 0
+
+
+def _add_step_flag(parser: argparse.ArgumentParser) -> None:
+  def step(value: str) -> str:
+    from t5jax.conversion import parse_step  # light: no TF, no model import
+    try:
+      parse_step(value)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+  parser.add_argument(
+      "--step", type=step, default=None, metavar="best|latest|N",
+      help="which checkpoint of a run directory: 'best' (run_dir/best.json), 'latest' or "
+           "a step number (default: best if the run has a best.json, else latest)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,10 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--run_dir", help="run directory (binds the RUN_DIR macro)")
     else:
       p.add_argument("--checkpoint", help="run directory or checkpoint of any format")
+      _add_step_flag(p)
     if name == "infer":
       p.add_argument("--output", help="JSONL file to write")
       p.add_argument("--input_file", help="text (one input per line) or JSONL with 'inputs'")
     p.set_defaults(run=_gin_command(entry))
+
+  p = sub.add_parser("tasks", help="list the tasks and mixtures DataConfig.task can name, "
+                     "with their splits (and sizes, for TFDS data prepared in --data_dir)")
+  p.add_argument("--data_dir", help="TFDS data_dir to read split sizes from "
+                 "(default: ~/tensorflow_datasets)")
+  p.set_defaults(run=cmd_tasks)
 
   p = sub.add_parser("vocab", help="train a SentencePiece vocabulary (T5 layout) on text files")
   p.add_argument("corpus", nargs="+", help="text files or folders")
@@ -151,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="input format (default: detected from the files)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override a T5Config field of the loaded model")
+  _add_step_flag(p)
   p.set_defaults(run=cmd_convert)
   return parser
 
@@ -163,24 +221,28 @@ def entry() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  import os
+  """Runs one subcommand; returns its exit status.
+
+  A UsageError (bad input a user can fix) is printed as one line and gives
+  exit status 2. Any other exception propagates with its full traceback: a
+  shape or sharding error deep inside JAX is a bug to debug, not bad input.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF (data pipeline only) is chatty
   from t5jax.gin_setup import split_gin_flags
-  rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
-  args = build_parser().parse_args(rest)
-  if bindings and not hasattr(args, "gin_bindings"):
-    raise SystemExit(f"t5jax {args.command}: --gin.* flags only apply to train, eval and infer.")
-  if hasattr(args, "gin_bindings"):
-    args.gin_bindings = args.gin_bindings + bindings
+  prog = "t5jax"
   try:
+    rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    prog = f"t5jax {args.command}"
+    if bindings and not hasattr(args, "gin_bindings"):
+      raise UsageError("--gin.* flags only apply to train, eval and infer.")
+    if hasattr(args, "gin_bindings"):
+      args.gin_bindings = args.gin_bindings + bindings
     return args.run(args)
-  except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
-    # Bad input (files, values, unprepared datasets) is reported in one line;
-    # anything else keeps its traceback.
-    if isinstance(e, RuntimeError) and type(e).__name__ != "DataNotPreparedError":
-      raise
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"t5jax {args.command}: error: {message}", file=sys.stderr)
+  except UsageError as e:
+    # Gin appends "In call to configurable 'X' (...)" lines; the message names X already.
+    message = re.sub(r"\n\s*In call to configurable '[^']*' \([^\n]*\)", "", str(e))
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
 

@@ -1,7 +1,8 @@
 """The model configuration: one frozen dataclass plus the T5 presets.
 
-Imports nothing but the standard library so that any module (gin configs,
-checkpoint importers, benchmarks) can read a config without building a model.
+Imports nothing but the standard library (and t5jax.errors) so that any module
+(gin configs, checkpoint importers, benchmarks) can read a config without
+building a model.
 Numbers come from docs/t5_facts.md ("Presets"; sources: the T5 paper, T5X
 gin files, HF configs); `tests/test_model.py` checks every preset's
 parameter count.
@@ -11,12 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
+
+from t5jax.errors import UnknownNameError, UsageError
 
 FEED_FORWARD_KINDS = ("relu", "gated-gelu")
 REMAT_POLICIES = ("none", "full", "save_dots")
 # Name of the scanned layer stack (a param path key) and of its stacked axis
 # (a logical axis name); t5jax.optim finds stacked parameters by this key.
 SCANNED_LAYERS = "layers"
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class UnknownFieldError(UsageError, TypeError):
+  """T5Config.replace with a field T5Config lacks; also a TypeError, as a bad keyword is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,19 +68,21 @@ class T5Config:
 
   def __post_init__(self):
     if self.feed_forward_proj not in FEED_FORWARD_KINDS:
-      raise ValueError(
+      raise UsageError(
           f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected one "
           f"of {FEED_FORWARD_KINDS}.")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(
+      raise UsageError(
           f"T5Config.remat_policy={self.remat_policy!r}: expected one of "
           f"{REMAT_POLICIES}.")
     for name in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff",
                  "num_layers", "relative_attention_num_buckets"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"T5Config.{name}={getattr(self, name)} must be >= 1.")
-    if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
-      raise ValueError(
+      value = getattr(self, name)
+      if not _is_int(value) or value < 1:
+        raise UsageError(f"T5Config.{name}={value!r} must be an integer >= 1.")
+    if self.num_decoder_layers is not None and (not _is_int(self.num_decoder_layers)
+                                                or self.num_decoder_layers < 1):
+      raise UsageError(
           f"T5Config.num_decoder_layers={self.num_decoder_layers} must be >= 1 "
           "(or None for the same as num_layers).")
 
@@ -83,8 +97,8 @@ class T5Config:
   def replace(self, **overrides) -> "T5Config":
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
     if unknown:
-      raise TypeError(f"T5Config has no field(s) {unknown}; fields: "
-                      f"{[f.name for f in dataclasses.fields(self)]}")
+      raise UnknownFieldError(f"T5Config has no field(s) {unknown}; fields: "
+                              f"{[f.name for f in dataclasses.fields(self)]}")
     return dataclasses.replace(self, **overrides)
 
 
@@ -124,5 +138,5 @@ def get_config(name: str, **overrides) -> T5Config:
   if name not in PRESETS:
     close = difflib.get_close_matches(name, PRESETS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise KeyError(f"Unknown T5 preset {name!r}.{hint} Presets: {sorted(PRESETS)}")
+    raise UnknownNameError(f"Unknown T5 preset {name!r}.{hint} Presets: {sorted(PRESETS)}")
   return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

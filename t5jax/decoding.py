@@ -24,6 +24,7 @@ import numpy as np
 from t5jax.config import T5Config
 from t5jax import xla_cpu
 from t5jax.model import T5, init_cache, init_params
+from t5jax.errors import UsageError
 
 NEG_INF = -1e10
 METHODS = ("greedy", "sample", "beam")
@@ -44,17 +45,17 @@ class DecodeConfig:
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f"DecodeConfig.method={self.method!r}: expected one of {METHODS}.")
+      raise UsageError(f"DecodeConfig.method={self.method!r}: expected one of {METHODS}.")
     if self.max_decode_length < 1:
-      raise ValueError(f"DecodeConfig.max_decode_length={self.max_decode_length}: must be >= 1 "
+      raise UsageError(f"DecodeConfig.max_decode_length={self.max_decode_length}: must be >= 1 "
                        "(it counts new tokens, EOS included).")
     if self.method == "beam" and not 1 <= self.num_decodes <= self.num_beams:
-      raise ValueError(f"num_decodes={self.num_decodes} beams cannot exceed "
+      raise UsageError(f"num_decodes={self.num_decodes} beams cannot exceed "
                        f"num_beams={self.num_beams}.")
     if self.num_decodes < 1 or self.num_beams < 1 or self.top_k < 0:
-      raise ValueError("num_decodes and num_beams must be >= 1 and top_k >= 0.")
+      raise UsageError("num_decodes and num_beams must be >= 1 and top_k >= 0.")
     if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
-      raise ValueError(f"top_p={self.top_p} must be in (0, 1] and temperature="
+      raise UsageError(f"top_p={self.top_p} must be in (0, 1] and temperature="
                        f"{self.temperature} >= 0.")
 
 
@@ -328,7 +329,7 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   """
   tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
   if tokens.ndim != 2 or tokens.shape[1] == 0:
-    raise ValueError(f"encoder_input_tokens must be [batch, length>0], got {tokens.shape}.")
+    raise UsageError(f"encoder_input_tokens must be [batch, length>0], got {tokens.shape}.")
   if rng is None:
     rng = jax.random.PRNGKey(0)
   config = config.replace(dropout_rate=0.0)
@@ -343,7 +344,7 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   rule_set = partitioning.rules(rules)
   shards = partitioning.batch_divisor(mesh, rule_set)
   if tokens.shape[0] % shards:
-    raise ValueError(f"batch of {tokens.shape[0]} inputs is not divisible by the {shards} "
+    raise UsageError(f"batch of {tokens.shape[0]} inputs is not divisible by the {shards} "
                      f"batch shards of mesh {dict(mesh.shape)}.")
   params = jax.device_put(params, partitioning.param_shardings(mesh, config, rule_set))
   tokens = jax.device_put(tokens, partitioning.batch_sharding(mesh, rule_set))

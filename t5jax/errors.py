@@ -10,3 +10,15 @@ tests keep working.
 
 class UsageError(ValueError):
   """Bad input a user can fix; the message says how."""
+
+
+class UnknownNameError(UsageError, KeyError):
+  """An unknown preset, rule set or other name; also a KeyError, as lookups were."""
+
+  __str__ = ValueError.__str__  # the message as given, not KeyError's repr of it
+
+
+class MissingFileError(UsageError, FileNotFoundError):
+  """A file or folder the user named does not exist; also a FileNotFoundError."""
+
+  __str__ = ValueError.__str__

@@ -17,11 +17,13 @@ import re
 
 import gin
 
+from t5jax.errors import UsageError
+
 # gin_configs/ sits next to the package in a source checkout (pip install -e).
 GIN_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "gin_configs"))
 
 
-class GinError(ValueError):
+class GinError(UsageError):
   """A gin file or binding that cannot be used; the message says how to fix it."""
 
 

@@ -13,6 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from t5jax.errors import UsageError
+
 NORMALIZATIONS = ("num_real_target_tokens", "num_total_target_tokens", "average_per_sequence")
 
 
@@ -26,10 +28,10 @@ class LossConfig:
 
   def __post_init__(self):
     if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
-      raise ValueError(f"LossConfig.normalization={self.normalization!r}: expected a number or "
+      raise UsageError(f"LossConfig.normalization={self.normalization!r}: expected a number or "
                        f"one of {NORMALIZATIONS}.")
     if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} must be in [0, 1).")
+      raise UsageError(f"LossConfig.label_smoothing={self.label_smoothing} must be in [0, 1).")
 
 
 def cross_entropy_with_z_loss(logits, targets, label_smoothing: float = 0.0,

@@ -18,6 +18,7 @@ import optax
 
 from t5jax import xla_cpu
 from t5jax.config import SCANNED_LAYERS
+from t5jax.errors import UsageError
 
 SCHEDULES = ("rsqrt", "warmup_rsqrt", "constant", "cosine")
 OPTIMIZERS = ("adafactor", "adamw")
@@ -57,11 +58,11 @@ class OptimizerConfig:
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
-      raise ValueError(f"OptimizerConfig.name={self.name!r}: expected one of {OPTIMIZERS}.")
+      raise UsageError(f"OptimizerConfig.name={self.name!r}: expected one of {OPTIMIZERS}.")
     if self.schedule not in SCHEDULES:
-      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: expected one of {SCHEDULES}.")
+      raise UsageError(f"OptimizerConfig.schedule={self.schedule!r}: expected one of {SCHEDULES}.")
     if self.schedule == "cosine" and not self.total_steps:
-      raise ValueError("OptimizerConfig: schedule='cosine' needs total_steps.")
+      raise UsageError("OptimizerConfig: schedule='cosine' needs total_steps.")
 
 
 def rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
@@ -127,7 +128,7 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
           clipping_threshold=config.clipping_threshold, momentum=config.momentum,
           eps=config.epsilon1, factored=True)
     if config.multiply_by_parameter_scale and config.epsilon2 != 1e-3:
-      raise ValueError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
+      raise UsageError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
     if config.factor_heads_as_matrix:
       tx = as_matrices(tx)
     # Adafactor is per tensor (factoring, update clipping, parameter scale):

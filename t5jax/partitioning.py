@@ -33,6 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from t5jax.errors import UnknownNameError, UsageError
+
 MESH_AXES = ("data", "model")
 
 # 'layers' is the stacked axis of scanned parameters (config.scan_layers):
@@ -56,10 +58,19 @@ class MeshConfig:
   model: int = 1
   rules: str = "1d"
 
+  def __post_init__(self):
+    rules(self.rules)  # a bad name fails when the config is built, not at the first step
+    if self.data == -1 and self.model == -1:
+      raise UsageError("MeshConfig: at most one of data/model may be -1.")
+    if min(self.data, self.model) < -1 or 0 in (self.data, self.model):
+      raise UsageError(f"MeshConfig(data={self.data}, model={self.model}): each must be >= 1, "
+                       "or -1 for all the remaining devices.")
+
 
 def rules(name: str) -> tuple:
   if name not in RULE_SETS:
-    raise KeyError(f"Unknown partitioning rule set {name!r}; choose from {sorted(RULE_SETS)}.")
+    raise UnknownNameError(f"Unknown partitioning rule set {name!r}; choose from "
+                           f"{sorted(RULE_SETS)}.")
   return RULE_SETS[name]
 
 
@@ -73,17 +84,17 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
   n = len(devices)
   data, model = config.data, config.model
   if model == -1 and data == -1:
-    raise ValueError("MeshConfig: at most one of data/model may be -1.")
+    raise UsageError("MeshConfig: at most one of data/model may be -1.")
   if data == -1:
     if model < 1 or n % model:
-      raise ValueError(f"MeshConfig(model={model}) does not divide the {n} devices.")
+      raise UsageError(f"MeshConfig(model={model}) does not divide the {n} devices.")
     data = n // model
   elif model == -1:
     if data < 1 or n % data:
-      raise ValueError(f"MeshConfig(data={data}) does not divide the {n} devices.")
+      raise UsageError(f"MeshConfig(data={data}) does not divide the {n} devices.")
     model = n // data
   if data < 1 or model < 1 or data * model != n:
-    raise ValueError(f"MeshConfig(data={config.data}, model={config.model}) gives a "
+    raise UsageError(f"MeshConfig(data={config.data}, model={config.model}) gives a "
                      f"{data}x{model} mesh, but there are {n} devices; the product must "
                      f"equal the device count (use -1 for 'all the rest').")
   rules(config.rules)  # fail early on a bad name
@@ -111,7 +122,7 @@ def _check_divisible(name: str, shape, spec: P, mesh: Mesh):
       continue
     size = math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
     if dim % size:
-      raise ValueError(
+      raise UsageError(
           f"Parameter {name} of shape {tuple(shape)} cannot be sharded as {spec}: dimension "
           f"{dim} is not divisible by mesh axes {axes} of size {size} (mesh "
           f"{dict(mesh.shape)}). Pick another mesh shape or rule set.")

@@ -24,6 +24,7 @@ import numpy as np
 from t5jax import trainer as trainer_lib
 from t5jax.config import T5Config, get_config
 from t5jax.decoding import DecodeConfig
+from t5jax.errors import UsageError
 from t5jax.model import unscan_params
 
 DEFAULT_TASK = "default_corpus_span_corruption"
@@ -65,10 +66,39 @@ def _register_library_configs() -> None:
   from t5jax import checkpoints, losses, optim, partitioning
   for cls in (trainer_lib.TrainConfig, optim.OptimizerConfig, losses.LossConfig,
               partitioning.MeshConfig, checkpoints.CheckpointConfig, DecodeConfig):
-    gin.external_configurable(cls, module="t5jax")
+    _CONFIGURABLES[cls] = gin.external_configurable(cls, module="t5jax")
 
 
+_CONFIGURABLES = {DataConfig: DataConfig}  # class -> callable that applies its gin bindings
 _register_library_configs()
+
+# The default config arguments of the entry functions. Like the sub-config
+# defaults of TrainConfig (`mesh: MeshConfig = MeshConfig()`) they are made at
+# import, before any gin file is parsed; `with_bindings` rebuilds them.
+DEFAULT_DATA = DataConfig()
+DEFAULT_DECODE = DecodeConfig()
+
+
+def with_bindings(config, default=None):
+  """`config`, with what is still an import-time default rebuilt from its gin bindings.
+
+  Without this, `MeshConfig.model = 2` would reach a run only through a line
+  `TrainConfig.mesh = @MeshConfig()` (and `DataConfig.task = ...` only through
+  `train.data = @DataConfig()`): a default instance is made before gin has any
+  bindings. Here `config` itself, when it is `default`, and each of its fields
+  that is still the very instance its dataclass declares as default, is built
+  again by calling its class's gin configurable, so bindings apply whether or
+  not a file wires the sub-config in, and gin's operative config records them.
+  Anything set explicitly (a new instance, in Python or by `@MeshConfig()`) is
+  kept; with no bindings the rebuilt value equals the default.
+  """
+  if default is not None and config is default:
+    config = _CONFIGURABLES[type(config)]()
+  if not dataclasses.is_dataclass(config):
+    return config
+  rebuilt = {f.name: _CONFIGURABLES[type(f.default)]() for f in dataclasses.fields(config)
+             if type(f.default) in _CONFIGURABLES and getattr(config, f.name) is f.default}
+  return dataclasses.replace(config, **rebuilt) if rebuilt else config
 
 
 # ----------------------------------------------------------------------------
@@ -76,11 +106,15 @@ _register_library_configs()
 
 def prepare_task(data: DataConfig):
   """(vocabulary, task name): trains/loads the vocabulary, registers the task."""
-  import seqio
   from absl import logging as absl_logging
   from t5jax import data as data_lib
   # seqio warns that function-backed tasks are not cached; ours are by design.
   absl_logging.set_verbosity(absl_logging.ERROR)
+  _check_task_name(data.task)  # before a vocabulary is trained for a misspelt name
+  if data.vocabulary is not None and not os.path.isfile(data.vocabulary):
+    raise UsageError(f"DataConfig.vocabulary={data.vocabulary!r} does not exist: pass a "
+                     "SentencePiece .model file (e.g. T5's spiece.model), or None to train one "
+                     "on the default corpus.")
   vocabulary = data_lib.get_vocabulary(data.vocabulary, vocab_size=data.vocab_size,
                                        cache_dir=data.cache_dir)
   objective = dict(objective=data.objective, noise_density=data.noise_density,
@@ -89,27 +123,92 @@ def prepare_task(data: DataConfig):
     data_lib.register_default_corpus_task(vocabulary, cache_dir=data.cache_dir, **objective)
   elif data.task == LOCAL_CORPUS_TASK:
     if not data.corpus:
-      raise ValueError("DataConfig.task='local_corpus' needs DataConfig.corpus: text files or "
+      raise UsageError("DataConfig.task='local_corpus' needs DataConfig.corpus: text files or "
                        "folders, e.g. --gin.DataConfig.corpus=\"('my_corpus/',)\".")
     data_lib.register_local_corpus_task(LOCAL_CORPUS_TASK, list(data.corpus), vocabulary,
                                         doc_per=data.doc_per, **objective)
   else:
-    data_lib.register_c4_task(vocabulary)
-    data_lib.register_glue_tasks(vocabulary)
-  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-                 | {DEFAULT_TASK, LOCAL_CORPUS_TASK})
-  if data.task not in known:
-    import difflib
-    close = difflib.get_close_matches(data.task, known, n=3)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"Unknown task or mixture DataConfig.task={data.task!r}.{hint} "
-                     f"Registered: {', '.join(known)}")
+    register_tfds_tasks(vocabulary)
   return vocabulary, data.task
+
+
+def register_tfds_tasks(vocabulary) -> None:
+  """C4 span corruption and every GLUE / SuperGLUE task and mixture, over `vocabulary`."""
+  from t5jax import data as data_lib
+  data_lib.register_c4_task(vocabulary)
+  data_lib.register_glue_tasks(vocabulary)
+
+
+def _library_task_names() -> set[str]:
+  """What prepare_task can register, known without registering anything."""
+  from t5jax import data as data_lib
+  return {DEFAULT_TASK, LOCAL_CORPUS_TASK, data_lib.C4_TASK, *data_lib.GLUE_TASKS,
+          *data_lib.SUPER_GLUE_TASKS, data_lib.GLUE_MIXTURE, data_lib.SUPER_GLUE_MIXTURE}
+
+
+def _check_task_name(task: str) -> None:
+  import seqio
+  known = sorted(_library_task_names() | set(seqio.TaskRegistry.names())
+                 | set(seqio.MixtureRegistry.names()))
+  if task not in known:
+    import difflib
+    close = difflib.get_close_matches(task, known, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise UsageError(f"Unknown task or mixture DataConfig.task={task!r}.{hint} "
+                     f"Registered: {', '.join(known)} (`t5jax tasks` lists them with splits).")
+
+
+CORPUS_TASKS = {  # described, not built: building needs the corpus and a vocabulary
+    DEFAULT_TASK: "the built-in default corpus (docs of the installed Python packages)",
+    LOCAL_CORPUS_TASK: "the text files of DataConfig.corpus (every 100th document: validation)",
+}
+
+
+def list_tasks(data_dir: str | None = None) -> list[dict]:
+  """The tasks and mixtures DataConfig.task can name, with their splits and sizes.
+
+  Registers what prepare_task registers (C4, GLUE, SuperGLUE) over a placeholder
+  vocabulary: names and splits do not depend on it, so nothing is trained,
+  tokenised or downloaded, and seqio's registries are restored afterwards. The
+  corpus tasks are described, not built. Sizes are the split sizes TFDS records
+  for a dataset prepared in `data_dir` (None: TFDS's default folder), else None.
+
+  Returns:
+    dicts {name, kind ('task' or 'mixture'), source, splits {split: size or
+    None}, tasks (a mixture's task names)}.
+  """
+  import seqio
+  registries = (seqio.TaskRegistry, seqio.MixtureRegistry)
+  saved = [{n: r.get(n) for n in list(r.names())} for r in registries]
+  try:
+    register_tfds_tasks(seqio.PassThroughVocabulary(size=32100))  # T5's size; never used
+    out = [dict(name=name, kind="task", source=text,
+                splits={"train": None, "validation": None}, tasks=[])
+           for name, text in CORPUS_TASKS.items()]
+    for name in sorted(set(seqio.TaskRegistry.names()) - set(CORPUS_TASKS)):
+      source = seqio.TaskRegistry.get(name).source
+      tfds = getattr(source, "tfds_dataset", None)
+      if tfds is not None and data_dir:
+        tfds.override_data_dir(data_dir)
+      out.append(dict(name=name, kind="task", source=f"TFDS {tfds.name}" if tfds else
+                      type(source).__name__, tasks=[],
+                      splits={s: source.num_input_examples(s) for s in source.splits}))
+    for name in sorted(seqio.MixtureRegistry.names()):
+      mixture = seqio.MixtureRegistry.get(name)
+      out.append(dict(name=name, kind="mixture", source="examples-proportional mixture",
+                      splits={}, tasks=[t.name for t in mixture.tasks]))
+    return out
+  finally:
+    for registry, providers in zip(registries, saved):
+      for name in list(registry.names()):
+        registry.remove(name)
+      for name, provider in providers.items():
+        registry.add_provider(name, provider)
 
 
 def check_vocabulary(model: T5Config, vocabulary) -> None:
   if model.vocab_size < vocabulary.vocab_size:
-    raise ValueError(
+    raise UsageError(
         f"The model's vocab_size={model.vocab_size} is smaller than the vocabulary's "
         f"{vocabulary.vocab_size} ids (pieces + 100 sentinels). Set "
         f"model_config.vocab_size={-(-vocabulary.vocab_size // 128) * 128} (a multiple of 128).")
@@ -131,22 +230,31 @@ _ARCHITECTURE = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_laye
                  "relative_attention_num_buckets")
 
 
-def load_params(path: str, model: T5Config | None = None):
+def load_params(path: str, model: T5Config | None = None, step: int | str | None = None):
   """(config, params) from a run directory or any checkpoint format; checks it fits `model`.
 
   Params come in `model`'s layer layout (scan_layers), or per layer without a
-  model: evaluate/infer decode, which needs per-layer params.
+  model: evaluate/infer decode, which needs per-layer params. step: which
+  checkpoint of a run directory, 'latest', 'best' or a number (default: best
+  when the run has a best.json, else latest; see t5jax.conversion.load_run_step).
   """
-  from t5jax.conversion import load_checkpoint
-  config, params = load_checkpoint(path, scan_layers=bool(model and model.scan_layers))
+  config, params, _ = _load_params_step(path, model, step)
+  return config, params
+
+
+def _load_params_step(path: str, model: T5Config | None, step: int | str | None):
+  """load_params, plus the step loaded (None for checkpoints that are not run directories)."""
+  from t5jax.conversion import load_checkpoint_step
+  config, params, info = load_checkpoint_step(
+      path, step=step, scan_layers=bool(model and model.scan_layers))
   if model is not None:
     diff = {k: (getattr(config, k), getattr(model, k)) for k in _ARCHITECTURE
             if getattr(config, k) != getattr(model, k)}
     if diff:
-      raise ValueError(f"Checkpoint {path} does not fit the configured model: " + ", ".join(
+      raise UsageError(f"Checkpoint {path} does not fit the configured model: " + ", ".join(
           f"{k}={a!r} in the checkpoint vs {b!r} configured" for k, (a, b) in diff.items()))
     config = model
-  return config, params
+  return config, params, (info.step if info else None)
 
 
 def write_config(run_dir: str, name: str = "config.gin") -> None:
@@ -161,9 +269,10 @@ def write_config(run_dir: str, name: str = "config.gin") -> None:
 
 @gin.configurable(module="t5jax")
 def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin.REQUIRED,
-          data: DataConfig = DataConfig(), init_checkpoint: str | None = None,
+          data: DataConfig = DEFAULT_DATA, init_checkpoint: str | None = None,
           show_examples: int = 3) -> trainer_lib.TrainResult:
   """Pretrains or finetunes `model` on `data.task`, resuming from trainer.run_dir."""
+  trainer, data = with_bindings(trainer), with_bindings(data, DEFAULT_DATA)
   # 1. Processes, then the task (trains the vocabulary on first use).
   trainer_lib.initialize_distributed()
   vocabulary, task = prepare_task(data)
@@ -235,27 +344,37 @@ def _clip(s: str, n: int = 400) -> str:
 # eval
 
 @gin.configurable(module="t5jax")
-def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DataConfig(),
-             batch_size: int = 16, decode_config: DecodeConfig = DecodeConfig(),
-             max_examples: int | None = None, output_dir: str | None = None) -> dict:
+def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DEFAULT_DATA,
+             batch_size: int = 16, decode_config: DecodeConfig = DEFAULT_DECODE,
+             max_examples: int | None = None, output_dir: str | None = None,
+             step: int | str | None = None) -> dict:
   """Metrics of a checkpoint on data.task's eval split.
 
   Tasks with seqio metrics (GLUE, SuperGLUE) are decoded and scored by their
-  metric functions; pretraining tasks report teacher-forced loss and token
-  accuracy over data.eval_batches batches.
+  metric functions (mixtures add eval/<mixture>/average); pretraining tasks
+  report teacher-forced loss and token accuracy over data.eval_batches
+  batches. step: which checkpoint of a run directory (see load_params).
   """
+  data = with_bindings(data, DEFAULT_DATA)
+  decode_config = with_bindings(decode_config, DEFAULT_DECODE)
   vocabulary, task = prepare_task(data)
-  config, params = load_params(checkpoint)
+  config, params, loaded_step = _load_params_step(checkpoint, None, step)
   check_vocabulary(config, vocabulary)
   if _has_metrics(task):
     metrics = seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples)
+    if not metrics:
+      raise UsageError(f"Nothing in {task!r} can be scored on split {data.eval_split!r} (see "
+                       "the lines above); set DataConfig.eval_split to a labelled split.")
   else:
     metrics = teacher_forced_metrics(config, params, data, task, batch_size)
   output_dir = output_dir or (checkpoint if os.path.isdir(checkpoint) else ".")
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "eval.jsonl"), "a") as f:
-      f.write(json.dumps({"checkpoint": checkpoint, "task": task, **metrics}) + "\n")
+      record = {"checkpoint": checkpoint, "task": task, **metrics}
+      if loaded_step is not None:
+        record["step"] = loaded_step
+      f.write(json.dumps(record) + "\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))
   return metrics
 
@@ -277,15 +396,61 @@ def teacher_forced_metrics(config, params, data, task, batch_size) -> dict:
   return {f"eval/{k}": float(v) for k, v in losses.summarize(total).items()}
 
 
-def seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples) -> dict:
+def scored_tasks(task: str, split: str) -> tuple[list[str], dict[str, str]]:
+  """(tasks of `task` to score on `split`, {task: why not} for its other tasks with metrics).
+
+  Not scored: tasks without the split, and splits whose labels are hidden
+  (GLUE/SuperGLUE test splits, but AX-b/AX-g's; t5jax.data.glue.scoring_note).
+  """
   import seqio
+  from t5jax.data import glue
+  provider = seqio.get_mixture_or_task(task)
+  scored, skipped = [], {}
+  for t in seqio.get_subtasks(provider):
+    if not t.metric_fns:
+      continue
+    splits = tuple(t.splits)
+    why = glue.scoring_note(t.name, split, splits) or (
+        None if split in splits else f"no {split!r} split")
+    if why:
+      skipped[t.name] = why
+    else:
+      scored.append(t.name)
+  return scored, skipped
+
+
+_SKIP_NOTES_PRINTED = set()
+
+
+def seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples) -> dict:
+  """eval/<task>/<metric> for each task of `task` that can be scored on data.eval_split.
+
+  A mixture also gets eval/<mixture>/average: each task's metrics averaged,
+  then the tasks (GLUE and SuperGLUE as T5 reports them; see
+  t5jax.data.glue.benchmark_average); a task with several metrics (MRPC: F1
+  and accuracy) gets eval/<task>/average, their mean. Tasks that cannot be
+  scored are skipped with one printed line each (once per process); {} if
+  none can be.
+  """
+  import seqio
+  from t5jax.data import glue
   from t5jax.decoding import decode, prepare_params
+  scored, skipped = scored_tasks(task, data.eval_split)
+  for name, why in skipped.items():
+    if (name, data.eval_split) not in _SKIP_NOTES_PRINTED and jax.process_index() == 0:
+      print(f"Not scoring {name} on {data.eval_split!r}: {why}.", flush=True)
+    _SKIP_NOTES_PRINTED.add((name, data.eval_split))
+  if not scored:
+    return {}
+  provider = seqio.get_mixture_or_task(task)
+  eval_name = task
+  if skipped and isinstance(provider, seqio.Mixture):
+    # seqio would still score hidden-label splits: evaluate the scorable tasks only.
+    eval_name = f"{task}__scored_{data.eval_split}"
+    if eval_name in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove(eval_name)
+    seqio.MixtureRegistry.add(eval_name, [(name, 1.0) for name in scored])
   params = prepare_params(params, config)  # once for all batches
-  evaluator = seqio.Evaluator(
-      task, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split=data.eval_split, sequence_length={"inputs": data.inputs_length,
-                                                   "targets": data.targets_length},
-      num_examples=max_examples)
 
   def predict_fn(dataset, *_):
     out = []
@@ -295,10 +460,26 @@ def seqio_metrics(config, params, data, task, batch_size, decode_config, max_exa
         out.append((int(i), [int(t) for t in row if t > 0 and t != config.eos_token_id]))
     return out
 
-  all_metrics, *_ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
+  try:
+    evaluator = seqio.Evaluator(
+        eval_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        eval_split=data.eval_split, sequence_length={"inputs": data.inputs_length,
+                                                     "targets": data.targets_length},
+        num_examples=max_examples)
+    all_metrics, *_ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
+  finally:
+    if eval_name != task:
+      seqio.MixtureRegistry.remove(eval_name)
   results = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
-  return {f"eval/{name}/{metric}": float(np.asarray(value))
-          for name, task_metrics in results.items() for metric, value in task_metrics.items()}
+  results = {name: {metric: float(np.asarray(value)) for metric, value in task_metrics.items()}
+             for name, task_metrics in results.items()}
+  metrics = {f"eval/{name}/{metric}": value
+             for name, task_metrics in results.items() for metric, value in task_metrics.items()}
+  if isinstance(provider, seqio.Mixture) or len(metrics) > 1:
+    average = glue.benchmark_average(task, results)
+    if average is not None:
+      metrics[f"eval/{task}/average"] = average
+  return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -306,23 +487,27 @@ def seqio_metrics(config, params, data, task, batch_size, decode_config, max_exa
 
 @gin.configurable(module="t5jax")
 def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
-          input_file: str | None = None, data: DataConfig = DataConfig(),
+          input_file: str | None = None, data: DataConfig = DEFAULT_DATA,
           split: str = "validation", max_examples: int = 100, batch_size: int = 16,
-          decode_config: DecodeConfig = DecodeConfig(), mode: str = "predict") -> int:
+          decode_config: DecodeConfig = DEFAULT_DECODE, mode: str = "predict",
+          step: int | str | None = None) -> int:
   """Writes JSONL {inputs, prediction, score} (mode 'predict') or {inputs, targets,
   score} (mode 'score') for a text/JSONL file of inputs or a task split.
 
-  Inputs longer than data.inputs_length are truncated, with a warning.
+  Inputs longer than data.inputs_length are truncated, with a warning. step:
+  which checkpoint of a run directory (see load_params).
   """
   from t5jax.decoding import decode, prepare_params, score_targets
+  data = with_bindings(data, DEFAULT_DATA)
+  decode_config = with_bindings(decode_config, DEFAULT_DECODE)
   if mode not in ("predict", "score"):
-    raise ValueError(f"infer mode={mode!r}: 'predict' or 'score'.")
+    raise UsageError(f"infer mode={mode!r}: 'predict' or 'score'.")
   vocabulary, task = prepare_task(data)
-  config, params = load_params(checkpoint)
+  config, params = load_params(checkpoint, step=step)
   check_vocabulary(config, vocabulary)
   examples = list(read_inputs(input_file, vocabulary, data, task, split, max_examples))
   if not examples:
-    raise ValueError(f"No inputs to run: {input_file or f'{task}:{split}'} is empty.")
+    raise UsageError(f"No inputs to run: {input_file or f'{task}:{split}'} is empty.")
   truncated = 0
   prepared = prepare_params(params, config) if mode == "predict" else None  # once for all
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -334,7 +519,7 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
       truncated += n
       if mode == "score":
         if any("targets" not in e for e in chunk):
-          raise ValueError("infer mode='score' needs a 'targets' field in every input.")
+          raise UsageError("infer mode='score' needs a 'targets' field in every input.")
         dec, _ = _pad_rows([vocabulary.encode(e["targets"]) + [1] for e in chunk],
                            data.targets_length)
         scores = np.asarray(score_targets(params, config, enc, dec))
@@ -361,13 +546,19 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
 def read_inputs(input_file, vocabulary, data, task, split, max_examples):
   """Dicts with 'inputs' (and maybe 'targets') text from a file or a task split."""
   if input_file:
+    if not os.path.isfile(input_file):
+      raise UsageError(f"infer input_file={input_file!r} does not exist (pass a text file, one "
+                       "input per line, or JSONL with an 'inputs' field per line).")
     with open(input_file, encoding="utf-8") as f:
       lines = [line.rstrip("\n") for line in f if line.strip()]
     for line in lines[:max_examples]:
       if input_file.endswith((".jsonl", ".json")):
-        record = json.loads(line)
-        if "inputs" not in record:
-          raise ValueError(f"{input_file}: each JSONL line needs an 'inputs' field: {line[:80]}")
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise UsageError(f"{input_file}: not a JSON line ({e}): {line[:80]}") from None
+        if not isinstance(record, dict) or "inputs" not in record:
+          raise UsageError(f"{input_file}: each JSONL line needs an 'inputs' field: {line[:80]}")
         yield record
       else:
         yield {"inputs": line}

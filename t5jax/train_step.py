@@ -23,6 +23,7 @@ import optax
 
 from t5jax import losses, partitioning
 from t5jax.model import T5, abstract_params
+from t5jax.errors import UsageError
 
 
 @flax.struct.dataclass
@@ -52,7 +53,7 @@ def _split_microbatches(batch, k: int):
   """
   def split(x):
     if x.shape[0] % k:
-      raise ValueError(f"Batch size {x.shape[0]} is not divisible by microbatches={k}.")
+      raise UsageError(f"Batch size {x.shape[0]} is not divisible by microbatches={k}.")
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
   return jax.tree.map(split, batch)
 

@@ -27,6 +27,7 @@ from t5jax import checkpoints, flops, losses, optim, partitioning, train_step as
 from t5jax.distributed import initialize_distributed  # noqa: F401 (re-exported)
 from t5jax.metrics import MetricsWriter
 from t5jax.model import init_params as model_init_params
+from t5jax.errors import UsageError
 
 DataFn = Callable[[int], Iterator[dict]]
 
@@ -58,12 +59,12 @@ class TrainConfig:
 
   def __post_init__(self):
     if self.on_nonfinite not in ("stop", "skip"):
-      raise ValueError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r}: 'stop' or 'skip'.")
+      raise UsageError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r}: 'stop' or 'skip'.")
     if self.log_every < 1 or self.prefetch < 0 or self.sync_every < 0:
-      raise ValueError(f"TrainConfig: log_every={self.log_every} must be >= 1, prefetch="
+      raise UsageError(f"TrainConfig: log_every={self.log_every} must be >= 1, prefetch="
                        f"{self.prefetch} and sync_every={self.sync_every} >= 0.")
     if self.batch_size % self.microbatches:
-      raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
+      raise UsageError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
                        f"microbatches={self.microbatches}.")
 
 
@@ -175,7 +176,7 @@ class _Prefetcher:
       item = self._pull()
       item = item if item is self._END else self._make(item)
     if item is self._END:
-      raise ValueError(f"data_fn's iterator ended before step {step}: it must yield a batch "
+      raise UsageError(f"data_fn's iterator ended before step {step}: it must yield a batch "
                        "for every step up to num_steps.")
     if isinstance(item, BaseException):
       raise item
@@ -183,24 +184,31 @@ class _Prefetcher:
       self._pulled.popleft()
     return item
 
-  def save_state(self, directory: str) -> None:
+  def save_state(self, directory: str) -> bool:
     with self._lock:  # the reader thread is between batches
-      self._data.save_state(os.path.join(directory, "pipeline"))
+      if self._data.save_state(os.path.join(directory, "pipeline")) is False:
+        return False  # this source cannot save its position now
       pending = [*self._pulled, *self._restored]
       np.savez(os.path.join(directory, "pending.npz"), count=len(pending),
                **{f"{i}/{k}": v for i, batch in enumerate(pending) for k, v in batch.items()})
+      return True
 
-  def restore_state(self, directory: str) -> None:
+  def restore_state(self, directory: str) -> bool:
     if self._thread is not None:
       raise RuntimeError("restore_state after the first batch")
-    self._data.restore_state(os.path.join(directory, "pipeline"))
-    with np.load(os.path.join(directory, "pending.npz")) as z:
+    pending_file = os.path.join(directory, "pending.npz")
+    if not os.path.exists(pending_file):
+      return False
+    if self._data.restore_state(os.path.join(directory, "pipeline")) is False:
+      return False
+    with np.load(pending_file) as z:
       pending = [{} for _ in range(int(z["count"]))]
       for name in z.files:
         if name != "count":
           i, key = name.split("/", 1)
           pending[int(i)][key] = z[name]
     self._restored = collections.deque(pending)
+    return True
 
   def close(self):
     if self._thread is not None:
@@ -327,11 +335,11 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   rule_set = partitioning.rules(config.mesh.rules)
   per_shard = config.batch_size // config.microbatches
   if per_shard % partitioning.batch_divisor(mesh, rule_set):
-    raise ValueError(
+    raise UsageError(
         f"batch_size/microbatches = {per_shard} is not divisible by the "
         f"{partitioning.batch_divisor(mesh, rule_set)} batch shards of mesh {dict(mesh.shape)}.")
   if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size={config.batch_size} not divisible by "
+    raise UsageError(f"batch_size={config.batch_size} not divisible by "
                      f"{jax.process_count()} processes.")
   tx = optim.make_optimizer(config.optimizer)
   schedule = optim.make_schedule(config.optimizer)
@@ -403,7 +411,7 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   def make_batch(local):
     rows = np.shape(local["encoder_input_tokens"])[0]
     if rows != rows_wanted:
-      raise ValueError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
+      raise UsageError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
                        f"process(es); batch_size={config.batch_size} needs "
                        f"{rows_wanted} per process.")
     return partitioning.global_batch(local, mesh, rule_set)
@@ -415,7 +423,7 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
     if ckpt.restore_data(start, data):
       say(f"Input pipeline continues from its position saved at step {start} (no replay).")
     else:
-      say(f"Input pipeline: step {start} saved no position for {jax.process_count()} "
+      say(f"Input pipeline: no position saved with step {start} for {jax.process_count()} "
           f"process(es); replaying {start} batches to get there.")
   patience = config.checkpoint.early_stopping_patience
   multi = jax.process_count() > 1

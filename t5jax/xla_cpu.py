@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.ad_checkpoint import checkpoint_name
+from t5jax.errors import UsageError
 
 try:  # the tracer of forward-mode AD (jax.jvp); only for a clearer error, so optional
   from jax.interpreters.ad import JVPTracer as _JVPTracer
@@ -57,7 +58,7 @@ def setting() -> str:
   """The value of T5JAX_CPU_KERNELS (auto when unset), validated."""
   value = os.environ.get(ENV, "auto").strip().lower() or "auto"
   if value not in CHOICES:
-    raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(CHOICES)} "
+    raise UsageError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(CHOICES)} "
                      "(auto: the CPU kernels on exactly when JAX's backend is the CPU).")
   return value
 

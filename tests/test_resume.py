@@ -157,3 +157,19 @@ def test_resume_on_one_device_restores_the_8_device_params(tmp_path):
   got = final_params(tmp_path)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_early_stopping_keeps_and_records_the_best(tmp_path, capsys):
+  scores = {1: 1.0, 2: 2.0, 3: 1.5, 4: 1.0, 5: 0.5, 6: 3.0}
+  checkpoint = CheckpointConfig(every_steps=100, keep=1, asynchronous=False,
+                                best_metric="eval/score", best_mode="max",
+                                early_stopping_patience=2)
+  result = trainer.train(TINY, config(tmp_path, 6, eval_every=1, checkpoint=checkpoint),
+                         lambda s: Source(s), eval_hook=lambda step, _: {
+                             "eval/score": scores[step]})
+  assert result.stopped == "early_stopped" and result.step == 4
+  assert "Early stopping at step 4: 2 evals without a better eval/score than 2 (step 2)" \
+      in capsys.readouterr().out
+  assert json.load(open(tmp_path / "best.json")) == {
+      "step": 2, "metric": "eval/score", "value": 2.0, "mode": "max"}
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [2, 4]

@@ -6,6 +6,13 @@
 
 Formats are recognised from the files in `path` (see FORMATS). No TensorFlow
 is imported unless the checkpoint is a TensorFlow one.
+
+A training run directory holds several steps; `step` picks one:
+
+    config, params = load_checkpoint("runs/glue", step="best")  # or "latest", 1000
+
+(default: "best" when the run has a best.json, else "latest"), skipping
+damaged steps for "latest"/"best" as training does when it resumes.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 from t5jax.config import T5Config
 from t5jax.conversion import hf, t5x
+from t5jax.errors import MissingFileError, UsageError
 
 FORMATS = {
-    "run": "t5jax run directory (model_config.json + checkpoints/<step>): latest step",
+    "run": "t5jax run directory (model_config.json + checkpoints/<step>): --step best|latest|N",
     "hf": "HF transformers folder: config.json + model.safetensors / pytorch_model.bin",
     "t5jax": "t5jax folder: t5jax_config.json + params/ (orbax)",
     "tf": "original T5 / Mesh TensorFlow checkpoint (model.ckpt-N prefix or its folder)",
@@ -30,7 +39,7 @@ T5JAX_CONFIG = "t5jax_config.json"
 
 def detect_format(path: str) -> str:
   if not os.path.exists(path) and not os.path.exists(path + ".index"):
-    raise FileNotFoundError(f"Checkpoint path {path!r} does not exist.")
+    raise MissingFileError(f"Checkpoint path {path!r} does not exist.")
   if os.path.isfile(os.path.join(path, T5JAX_CONFIG)):
     return "t5jax"
   if os.path.isfile(os.path.join(path, "model_config.json")) and os.path.isdir(
@@ -44,11 +53,12 @@ def detect_format(path: str) -> str:
     return "t5x"
   if t5x.is_orbax_tree(path):
     return "orbax"
-  raise ValueError(f"Cannot tell the checkpoint format of {path!r}. Supported:\n" +
+  raise UsageError(f"Cannot tell the checkpoint format of {path!r}. Supported:\n" +
                    "\n".join(f"  {k}: {v}" for k, v in FORMATS.items()))
 
 
-def load_checkpoint(path: str, format: str | None = None, **overrides) -> tuple[T5Config, dict]:
+def load_checkpoint(path: str, format: str | None = None, step: int | str | None = None,
+                    **overrides) -> tuple[T5Config, dict]:
   """(config, numpy params) from any supported checkpoint; overrides replace config fields.
 
   Checkpoints without a config (tf, t5x, orbax) have their architecture read
@@ -57,30 +67,45 @@ def load_checkpoint(path: str, format: str | None = None, **overrides) -> tuple[
   (converted here at the boundary; every format can be read into either).
   Without it: what the checkpoint holds (per layer for all but t5jax/run
   checkpoints saved from a scanned model).
+  step: which checkpoint of a run directory (see load_run_step); only run
+  directories have steps.
   """
-  scan = overrides.pop("scan_layers", None)
-  config, params = _load(path, format, overrides)
-  if scan is not None:
-    from t5jax.model import scan_params, unscan_params  # heavier imports: only when asked
-    config, params = (scan_params if scan else unscan_params)(config, params)
+  config, params, _ = load_checkpoint_step(path, format, step, **overrides)
   return config, params
 
 
-def _load(path: str, format: str | None, overrides: dict) -> tuple[T5Config, dict]:
+def load_checkpoint_step(path: str, format: str | None = None, step: int | str | None = None,
+                         **overrides) -> tuple[T5Config, dict, RunStep | None]:
+  """load_checkpoint, plus which step was loaded (None unless `path` is a run directory)."""
+  scan = overrides.pop("scan_layers", None)
   format = format or detect_format(path)
+  info = None
+  if format == "run":
+    config, params, info = load_run_step(path, step, **overrides)
+  elif step is not None:
+    raise UsageError(f"step={step!r} applies only to t5jax run directories "
+                     f"(model_config.json + checkpoints/<step>); {path} is a {format!r} "
+                     "checkpoint, which holds one set of parameters. Drop --step.")
+  else:
+    config, params = _load(path, format, overrides)
+  if scan is not None:
+    from t5jax.model import scan_params, unscan_params  # heavier imports: only when asked
+    config, params = (scan_params if scan else unscan_params)(config, params)
+  return config, params, info
+
+
+def _load(path: str, format: str, overrides: dict) -> tuple[T5Config, dict]:
   if format == "hf":
     return hf.load_hf(path, **overrides)
   if format == "t5jax":
     return load_t5jax(path, **overrides)
-  if format == "run":
-    return load_run_dir(path, **overrides)
   if format == "tf":
     return t5x.load_tf_checkpoint(path, **overrides)
   if format == "t5x":
     return t5x.load_t5x_msgpack(path, **overrides)
   if format == "orbax":
     return t5x.load_orbax_tree(path, **overrides)
-  raise ValueError(f"Unknown checkpoint format {format!r}; one of {sorted(FORMATS)}.")
+  raise UsageError(f"Unknown checkpoint format {format!r}; one of {sorted(FORMATS)}.")
 
 
 def save_t5jax(path: str, config: T5Config, params: dict) -> None:
@@ -102,21 +127,194 @@ def load_t5jax(path: str, **overrides) -> tuple[T5Config, dict]:
   return config.replace(**overrides) if overrides else config, tree
 
 
-def load_run_dir(run_dir: str, step: int | None = None, **overrides) -> tuple[T5Config, dict]:
-  """Parameters of a training run's latest (or given) complete checkpoint."""
-  from t5jax.conversion.tree import check_tree
-  with open(os.path.join(run_dir, "model_config.json")) as f:
-    config = T5Config(**json.load(f))
+BEST_FILE = "best.json"  # run_dir/best.json: {step, metric, value, mode}, by the trainer
+STEP_CHOICES = ("latest", "best")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStep:
+  """Which checkpoint of a run directory was loaded, and why."""
+
+  step: int
+  choice: str  # 'best', 'latest' or 'given' (an explicit step number)
+  best: dict | None = None  # the run's best.json, if any
+  skipped: tuple[int, ...] = ()  # steps tried first that could not be read
+
+  def describe(self) -> str:
+    best = self.best or {}
+    by = f"{best.get('metric')}={best.get('value', float('nan')):.4g}"
+    if self.choice == "best" and not self.skipped:
+      return f"best by {by}"
+    if self.choice == "given":
+      return ""
+    if not self.skipped:
+      return "latest"
+    steps = [f"step {s}" for s in self.skipped]
+    if self.choice == "best":
+      steps[0] = f"best step {self.skipped[0]} ({by})"
+    return f"latest readable; {', '.join(steps)} unreadable"
+
+
+def parse_step(step) -> int | str | None:
+  """None, 'latest', 'best' or a step number (int or digits) from a flag or binding."""
+  if step is None or step in STEP_CHOICES:
+    return step
+  if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+    return step
+  if isinstance(step, str) and step.strip().isdigit():
+    return int(step)
+  raise UsageError(f"step={step!r}: use 'latest', 'best' or a step number, e.g. --step=1000.")
+
+
+def run_steps(run_dir: str) -> list[int]:
+  """The complete checkpoint steps of a run directory, oldest first."""
   root = os.path.join(run_dir, "checkpoints")
   # Only finished steps: orbax writes into a temporary folder and renames it.
-  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def read_best(run_dir: str) -> dict | None:
+  """run_dir/best.json ({step, metric, value, mode}), or None if the run has none."""
+  path = os.path.join(run_dir, BEST_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      best = json.load(f)
+    int(best["step"])
+    return best
+  except (ValueError, KeyError, TypeError) as e:
+    raise UsageError(f"{path} is not a best-checkpoint record ({type(e).__name__}: {e}); "
+                     "delete it, or pass --step=latest or a step number.") from None
+
+
+def load_run_dir(run_dir: str, step: int | str | None = None,
+                 **overrides) -> tuple[T5Config, dict]:
+  """(config, params) of one checkpoint of a training run; see load_run_step."""
+  config, params, _ = load_run_step(run_dir, step, **overrides)
+  return config, params
+
+
+def load_run_step(run_dir: str, step: int | str | None = None,
+                  **overrides) -> tuple[T5Config, dict, RunStep]:
+  """(config, params, which step) of a run directory; prints which step it loaded.
+
+  step: 'latest', 'best' (the step in run_dir/best.json), a step number, or
+  None: 'best' when the run has a best.json, else 'latest'. For 'latest' and
+  'best', a step that cannot be read (a damaged file) is skipped with a one-line
+  WARNING in favour of the newest readable one, as training does when it
+  resumes; an explicit step that cannot be read is a UsageError naming it.
+  """
+  step = parse_step(step)
+  steps = run_steps(run_dir)
   if not steps:
-    raise FileNotFoundError(f"{run_dir} has no complete checkpoint under checkpoints/.")
-  step = steps[-1] if step is None else step
-  tree = t5x.load_orbax_params(os.path.join(root, str(step), "state"))
-  params = tree["state"]["params"]
+    raise UsageError(f"{run_dir} has no complete checkpoint under checkpoints/.")
+  best = read_best(run_dir)
+  if step is None:
+    step = "best" if best else "latest"
+  if isinstance(step, int):
+    if step not in steps:
+      raise UsageError(f"{run_dir} has no checkpoint step {step}; its steps are "
+                       f"{', '.join(map(str, steps))} (or pass --step=latest / best).")
+    try:
+      config, params = _read_run_step(run_dir, step)
+    except _Unreadable as e:
+      raise UsageError(f"Checkpoint step {step} of {run_dir} cannot be read: {e}") from None
+    return _loaded(run_dir, config, params, RunStep(step, "given", best), overrides)
+  if step == "best":
+    if best is None:
+      raise UsageError(f"{run_dir} has no {BEST_FILE}: no checkpoint was saved with "
+                       "CheckpointConfig.best_metric. Pass --step=latest or a step number.")
+    order = [int(best["step"])] + [s for s in reversed(steps) if s != int(best["step"])]
+  else:
+    order = list(reversed(steps))
+  skipped = []
+  for i, s in enumerate(order):
+    later = f"trying step {order[i + 1]}" if i + 1 < len(order) else "no other step left"
+    if s not in steps:  # best.json names a step that is gone (deleted by hand?)
+      why = f"it is not in {os.path.join(run_dir, 'checkpoints')}"
+    else:
+      try:
+        config, params = _read_run_step(run_dir, s)
+        info = RunStep(s, step, best, tuple(skipped))
+        return _loaded(run_dir, config, params, info, overrides)
+      except _Unreadable as e:
+        why = str(e)
+    _say(f"WARNING: skipping checkpoint step {s} of {run_dir}: {why}; {later}.")
+    skipped.append(s)
+  raise UsageError(f"No checkpoint of {run_dir} can be read (tried steps "
+                   f"{', '.join(map(str, skipped))}); see the warnings above.")
+
+
+class _Unreadable(Exception):
+  """A checkpoint step whose files cannot be read; the message names the file."""
+
+
+def _read_run_step(run_dir: str, step: int) -> tuple[T5Config, dict]:
+  from t5jax.conversion.tree import check_tree
+  step_dir = os.path.join(run_dir, "checkpoints", str(step))
+  # The step's own model config (in its meta item) wins: a run may have resumed
+  # with a parameter-free field (scan_layers, dtype) changed since.
+  meta = os.path.join(step_dir, "meta", "metadata")
+  path = meta if os.path.isfile(meta) else os.path.join(run_dir, "model_config.json")
+  try:
+    with open(path) as f:
+      fields = json.load(f)
+    fields = fields["model_config"] if path == meta else fields
+    known = {f.name for f in dataclasses.fields(T5Config)}
+    config = T5Config(**{k: v for k, v in fields.items() if k in known})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise _Unreadable(f"{path}: {_one_line(e)}") from e
+  state = os.path.join(step_dir, "state")
+  try:
+    tree = t5x.load_orbax_params(state)
+    params = tree["state"]["params"]
+  except Exception as e:  # orbax / TensorStore raise many types for damaged files
+    where, why = _named_file(e, state), _one_line(e)
+    raise _Unreadable(why if where in why else f"{where}: {why}") from e
   check_tree(params, config, f"{run_dir} step {step}")
-  return config.replace(**overrides) if overrides else config, params
+  return config, params
+
+
+def _loaded(run_dir, config, params, info: RunStep, overrides):
+  why = info.describe()
+  _say(f"Loaded step {info.step}{f' ({why})' if why else ''} from {run_dir}")
+  return (config.replace(**overrides) if overrides else config), params, info
+
+
+def _say(message: str) -> None:
+  """Prints on process 0 (every process loads the same step)."""
+  import jax
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+  out = []
+  while e is not None and e not in out:
+    out.append(e)
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+  return out
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  """The innermost cause's first line: TensorStore's own words, without its spec dump."""
+  for cause in reversed(_causes(e)):
+    text = " ".join(str(cause).split("See full TensorStore details")[0].split())
+    if text:
+      text = text if len(text) <= limit else text[:limit] + " ..."
+      return f"{type(cause).__name__}: {text}"
+  return type(e).__name__
+
+
+def _named_file(e: BaseException, default: str) -> str:
+  """The first path under `default` that the error names; `default` otherwise."""
+  root = os.path.abspath(default)
+  for cause in reversed(_causes(e)):
+    for found in re.findall(r"[\"']?(/[^\s\"',]+)", str(cause)):
+      if found.startswith(root):
+        return found.rstrip("/.:")
+  return default
 
 
 def save_checkpoint(path: str, config: T5Config, params: dict, format: str = "hf") -> None:
@@ -129,4 +327,4 @@ def save_checkpoint(path: str, config: T5Config, params: dict, format: str = "hf
   elif format == "t5jax":
     save_t5jax(path, config, params)
   else:
-    raise ValueError(f"Cannot write format {format!r}: t5jax writes 'hf' and 't5jax'.")
+    raise UsageError(f"Cannot write format {format!r}: t5jax writes 'hf' and 't5jax'.")

@@ -21,6 +21,7 @@ import numpy as np
 
 from t5jax.config import T5Config
 from t5jax.conversion.tree import check_tree, flatten, unflatten
+from t5jax.errors import MissingFileError, UsageError
 
 # One HF tensor <-> one t5jax leaf: (hf name, t5jax path, to_t5jax, to_hf).
 Rule = tuple[str, tuple[str, ...], Callable, Callable]
@@ -76,7 +77,7 @@ def config_from_hf(hf: dict) -> T5Config:
   """T5Config from an HF config.json dict (transformers 4.x or 5.x)."""
   proj = hf.get("feed_forward_proj", "relu")
   if proj not in ("relu", "gated-gelu"):
-    raise ValueError(f"config.json feed_forward_proj={proj!r}: t5jax supports 'relu' "
+    raise UsageError(f"config.json feed_forward_proj={proj!r}: t5jax supports 'relu' "
                      "and 'gated-gelu' (T5.1.0 and T5.1.1).")
   tied = hf.get("tie_word_embeddings", True)
   return T5Config(
@@ -96,7 +97,7 @@ def config_from_hf(hf: dict) -> T5Config:
 def config_to_hf(config: T5Config) -> dict:
   """An HF config.json dict (transformers 4.x form; 5.x reads it too)."""
   if config.tie_word_embeddings and not config.scale_tied_logits:
-    raise ValueError("A tied head without the d_model**-0.5 rescale has no transformers-4.x "
+    raise UsageError("A tied head without the d_model**-0.5 rescale has no transformers-4.x "
                      "form; export it untied: params_to_hf writes lm_head.weight for it.")
   return {
       "architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
@@ -125,7 +126,7 @@ def params_from_hf(state_dict: dict, config: T5Config, source: str = "state dict
     flat[path] = np.ascontiguousarray(to_ours(np.asarray(state_dict[hf_name], np.float32)))
   unexpected = sorted(set(state_dict) - used)
   if missing or unexpected:
-    raise ValueError(f"{source} does not match the T5 layout of its config: missing "
+    raise UsageError(f"{source} does not match the T5 layout of its config: missing "
                      f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
                      f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}.")
   params = unflatten(flat)
@@ -175,12 +176,12 @@ def _read_tensors(path: str) -> dict:
 def load_hf(path: str, **overrides) -> tuple[T5Config, dict]:
   """(config, params) from an HF T5 directory; overrides replace config fields."""
   if not is_hf_dir(path):
-    raise FileNotFoundError(f"{path} is not an HF T5 directory: expected config.json and "
+    raise MissingFileError(f"{path} is not an HF T5 directory: expected config.json and "
                             "model.safetensors (or pytorch_model.bin).")
   with open(os.path.join(path, "config.json")) as f:
     hf = json.load(f)
   if hf.get("model_type", "t5") not in ("t5", "mt5"):
-    raise ValueError(f"{path}/config.json has model_type={hf.get('model_type')!r}; "
+    raise UsageError(f"{path}/config.json has model_type={hf.get('model_type')!r}; "
                      "only T5 checkpoints can be imported.")
   tensors = _read_tensors(path)
   config = config_from_hf(hf)

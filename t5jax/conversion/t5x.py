@@ -25,6 +25,7 @@ import numpy as np
 
 from t5jax.config import T5Config
 from t5jax.conversion.tree import check_tree, flatten, unflatten
+from t5jax.errors import UsageError
 
 _ATTENTION = ("attention", "self_attention", "encoder_decoder_attention")
 
@@ -40,7 +41,7 @@ def config_from_t5x(flat: dict, **overrides) -> T5Config:
     heads, buckets = shape("encoder", "relpos_bias", "rel_embedding")
     qk = shape("encoder", "layers_0", "attention", "query", "kernel")
   except KeyError as e:
-    raise ValueError(f"Not a T5 parameter tree: no {'/'.join(e.args[0])}. Found e.g. "
+    raise UsageError(f"Not a T5 parameter tree: no {'/'.join(e.args[0])}. Found e.g. "
                      f"{['/'.join(k) for k in list(flat)[:5]]}.") from None
   gated = ("encoder", "layers_0", "mlp", "wi_0", "kernel") in flat
   d_ff = shape("encoder", "layers_0", "mlp", "wi_0" if gated else "wi", "kernel")[1]
@@ -92,7 +93,7 @@ def _unstack_layers(flat: dict) -> dict:
   try:
     d_model = np.shape(flat[("token_embedder", "embedding")])[1]
   except KeyError:
-    raise ValueError("Not a T5 parameter tree: no token_embedder/embedding.") from None
+    raise UsageError("Not a T5 parameter tree: no token_embedder/embedding.") from None
   out = {k: v for k, v in flat.items() if not (len(k) > 2 and k[1] == "layers")}
   for stack in ("encoder", "decoder"):
     stacked = {k: v for k, v in flat.items() if k[0] == stack and len(k) > 2 and k[1] == "layers"}
@@ -110,7 +111,7 @@ def _unstack_layers(flat: dict) -> dict:
     if tables:
       first = out[tables[0]]
       if not all(np.array_equal(out[k], first) for k in tables):
-        raise ValueError(f"{stack}: per-layer relative position tables (T5X scalable_t5) "
+        raise UsageError(f"{stack}: per-layer relative position tables (T5X scalable_t5) "
                          "differ between layers; t5jax shares one table per stack.")
       out.setdefault((stack, "relpos_bias", "rel_embedding"), first)
       for k in tables:

@@ -7,6 +7,7 @@ import flax.linen as nn
 import numpy as np
 
 from t5jax.config import T5Config
+from t5jax.errors import UsageError
 
 
 def flatten(tree: dict, prefix: tuple = ()) -> dict:
@@ -39,7 +40,7 @@ def check_tree(params: dict, config: T5Config, source: str) -> None:
   problems += [f"{'/'.join(k)}: shape {got[k]}, config needs {expected[k]}"
                for k in expected if k in got and got[k] != expected[k]]
   if problems:
-    raise ValueError(f"{source} does not fit the model config ({len(problems)} problems): "
+    raise UsageError(f"{source} does not fit the model config ({len(problems)} problems): "
                      + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""))
 
 

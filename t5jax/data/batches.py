@@ -43,7 +43,7 @@ def _ensure_registered(name: str) -> None:
   if name == tasks_lib.DEFAULT_CORPUS_TASK:
     tasks_lib.register_default_corpus_task()
     return
-  raise ValueError(
+  raise UsageError(
       f"no seqio task or mixture named {name!r}; register it first (e.g. "
       "register_local_corpus_task, register_c4_task, register_glue_tasks)")
 
@@ -77,10 +77,10 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
     process_count = jax.process_count() if process_count is None \
         else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in "
+    raise UsageError(f"process_index {process_index} not in "
                      f"[0, {process_count})")
   if batch_size % process_count:
-    raise ValueError(f"global batch_size {batch_size} is not divisible by "
+    raise UsageError(f"global batch_size {batch_size} is not divisible by "
                      f"process_count {process_count}")
   _ensure_registered(task_or_mixture_name)
   provider = seqio.get_mixture_or_task(task_or_mixture_name)
@@ -132,7 +132,7 @@ class BatchIterator:
   def __init__(self, dataset: tf.data.Dataset, start_step: int, describe: str):
     self._dataset, self._start, self._describe = dataset, start_step, describe
     self._iterator = None
-    self._yielded = False
+    self._yielded = self._warned = False
 
   def __iter__(self):
     return self
@@ -151,21 +151,39 @@ class BatchIterator:
     except StopIteration:
       if not self._yielded and self._start == 0:
         # A finite pass that cannot fill one batch would otherwise end silently.
-        raise ValueError(self._describe) from None
+        raise UsageError(self._describe) from None
       raise
     self._yielded = True
     return {k: np.asarray(v, np.int32) for k, v in batch.items()}
 
-  def save_state(self, directory: str) -> None:
-    """Writes the pipeline's position (the batches after the last one yielded)."""
-    tf.train.Checkpoint(iterator=self._get()).write(os.path.join(directory, "iterator"))
+  def save_state(self, directory: str) -> bool:
+    """Writes the pipeline's position (the batches after the last one yielded).
 
-  def restore_state(self, directory: str) -> None:
-    """Continues from a position written by save_state, replaying nothing."""
+    False if this pipeline cannot be saved: tf.data refuses iterators with
+    stateful Python ops (e.g. TFDS's mock data, `from_generator` sources). A
+    resume then replays to the step (start_step), as without a saved position.
+    """
+    try:
+      tf.train.Checkpoint(iterator=self._get()).write(os.path.join(directory, "iterator"))
+      return True
+    except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
+      if not self._warned:
+        self._warned = True
+        print(f"WARNING: the input pipeline's position cannot be saved "
+              f"({str(e).splitlines()[0][:200]}); a resume will replay its batches.",
+              flush=True)
+      return False
+
+  def restore_state(self, directory: str) -> bool:
+    """Continues from a position written by save_state, replaying nothing; False
+    (and nothing changed) if none was written there."""
+    prefix = os.path.join(directory, "iterator")
+    if not tf.io.gfile.exists(prefix + ".index"):
+      return False
     iterator = iter(self._dataset.prefetch(tf.data.AUTOTUNE))
-    tf.train.Checkpoint(iterator=iterator).read(
-        os.path.join(directory, "iterator")).assert_consumed()
+    tf.train.Checkpoint(iterator=iterator).read(prefix).assert_consumed()
     self._iterator, self._yielded = iterator, True
+    return True
 
 
 def make_batch_iterator(task_or_mixture_name: str, *, split: str,
@@ -205,7 +223,7 @@ def make_batch_iterator(task_or_mixture_name: str, *, split: str,
     decoder_positions, each an int32 array [batch_size // process_count, len].
   """
   if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}")
+    raise UsageError(f"start_step must be >= 0, got {start_step}")
   ds = make_dataset(
       task_or_mixture_name, split=split, sequence_length=sequence_length,
       batch_size=batch_size, seed=seed, pack=pack, shuffle=shuffle,

@@ -19,6 +19,8 @@ import sys
 import sysconfig
 from typing import Iterable, Iterator, Sequence
 
+from t5jax.errors import UsageError
+
 # Bump when the extraction rules change so stale caches are not reused.
 _DEFAULT_CORPUS_FORMAT = 1
 DEFAULT_CACHE_DIR = os.path.join(
@@ -28,7 +30,7 @@ _WORD = re.compile(r"[A-Za-z]{2,}")
 _SPACE = re.compile(r"\s+")
 
 
-class CorpusError(ValueError):
+class CorpusError(UsageError):
   """The corpus is unusable; the message names the file and the fix."""
 
 
@@ -67,9 +69,9 @@ def iter_documents(paths: str | Sequence[str], *, doc_per: str = "line",
       (or whole files for doc_per="file"), a documented lossy choice.
   """
   if doc_per not in ("line", "file"):
-    raise ValueError(f"doc_per must be 'line' or 'file', got {doc_per!r}")
+    raise UsageError(f"doc_per must be 'line' or 'file', got {doc_per!r}")
   if on_decode_error not in ("raise", "skip"):
-    raise ValueError(
+    raise UsageError(
         f"on_decode_error must be 'raise' or 'skip', got {on_decode_error!r}")
   for path in list_corpus_files(paths):
     with open(path, "rb") as f:

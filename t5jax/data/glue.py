@@ -16,8 +16,17 @@ hidden test labels. The exceptions are T5's too:
     whether the predicted referent matches the candidate (label True/False).
 TFDS names are glue/<task> and super_glue/<task>; the data_dir comes from
 make_batch_iterator(data_dir=...).
+
+Mixtures (T5's glue_v002_proportional / super_glue_v102_proportional): the
+training tasks at examples-proportional rates, plus the tasks that are only
+evaluated: MNLI's two dev sets (mnli_matched, mnli_mismatched; glue_mnli's
+own splits are train / validation_matched / ...), SuperGLUE's wsc_eval, and
+the diagnostics (ax, axb, axg; test split only). `scoring_note` says which
+(task, split) pairs cannot be scored and why (hidden labels), and
+`benchmark_average` is the GLUE / SuperGLUE score T5 reports.
 """
 
+import collections
 import functools
 import re
 
@@ -100,6 +109,78 @@ SUPER_GLUE_TASKS = tuple(f"super_glue_{n}" for n in (*_SUPER_GLUE, "record",
                                                      "wsc", "wsc_eval"))
 GLUE_MIXTURE, SUPER_GLUE_MIXTURE = "glue", "super_glue"
 DEFAULT_RATE_CAP = 2 ** 19
+# Tasks in a mixture only to be evaluated (no train split, or one not to train
+# on): T5 gives them rate 0. MNLI's dev sets get half of MNLI's rate each
+# instead, so the mixture's validation loss covers MNLI as training does.
+EVAL_ONLY = {
+    GLUE_MIXTURE: ("glue_mnli_matched", "glue_mnli_mismatched", "glue_ax"),
+    SUPER_GLUE_MIXTURE: ("super_glue_wsc_eval", "super_glue_axb",
+                         "super_glue_axg"),
+}
+# The only GLUE/SuperGLUE tasks whose test split TFDS has labels for (the
+# diagnostics AX-b and AX-g); every other test split has label -1 (hidden).
+LABELLED_TEST = ("super_glue_axb", "super_glue_axg")
+
+# The benchmark score T5 reports (t5/evaluation/eval_utils.py compute_avg_glue):
+# each task's metrics are averaged first (MRPC (F1 + accuracy) / 2; MNLI is
+# one task: (matched + mismatched accuracy) / 2), then the tasks are averaged.
+# WNLI and the diagnostics (AX, AX-b, AX-g) are reported but not averaged, as
+# in T5 (and the benchmarks, for the diagnostics).
+AVERAGE_GROUPS = {
+    GLUE_MIXTURE: {
+        "glue_cola": "cola", "glue_sst2": "sst2", "glue_mrpc": "mrpc",
+        "glue_stsb": "stsb", "glue_qqp": "qqp", "glue_mnli_matched": "mnli",
+        "glue_mnli_mismatched": "mnli", "glue_qnli": "qnli",
+        "glue_rte": "rte"},
+    SUPER_GLUE_MIXTURE: {
+        "super_glue_boolq": "boolq", "super_glue_cb": "cb",
+        "super_glue_copa": "copa", "super_glue_multirc": "multirc",
+        "super_glue_record": "record", "super_glue_rte": "rte",
+        "super_glue_wic": "wic", "super_glue_wsc_eval": "wsc"},
+}
+
+
+def benchmark_average(mixture: str, results: dict) -> float | None:
+  """The mixture's average score from {task: {metric: value}}; None if empty.
+
+  GLUE and SuperGLUE as T5 reports them (AVERAGE_GROUPS), over the tasks
+  present; any other mixture: the mean over its tasks of each task's mean
+  metric. A non-finite metric counts as 0.
+  """
+  groups = AVERAGE_GROUPS.get(mixture)
+  grouped = collections.defaultdict(list)
+  for task, task_metrics in results.items():
+    if groups is None or task in groups:
+      # An undefined value (STS-B's correlations of constant predictions, as
+      # early in finetuning) counts as 0, so one task cannot make the score NaN.
+      grouped[task if groups is None else groups[task]].extend(
+          float(v) if np.isfinite(v) else 0.0 for v in task_metrics.values())
+  means = [np.mean(v) for v in grouped.values() if v]
+  return float(np.mean(means)) if means else None
+
+
+def scoring_note(task: str, split: str, splits) -> str | None:
+  """Why `task` cannot be scored on `split`, or None if it can.
+
+  splits: the task's splits. GLUE/SuperGLUE test labels are hidden (TFDS
+  writes -1) except for AX-b and AX-g, whose test split is their labelled
+  data; glue_mnli's dev sets are the tasks glue_mnli_(mis)matched.
+  """
+  if task == "glue_mnli" and split not in splits:
+    return (f"no {split!r} split; MNLI's dev sets are scored as "
+            "glue_mnli_matched and glue_mnli_mismatched")
+  if task in LABELLED_TEST and split not in splits:
+    return (f"no {split!r} split; its labelled examples are its test split "
+            f"(DataConfig.task='{task}', DataConfig.eval_split='test')")
+  benchmark = task in GLUE_TASKS or task in SUPER_GLUE_TASKS
+  if benchmark and split.startswith("test") and task not in LABELLED_TEST \
+      and split in splits:
+    return (f"TFDS hides the labels of its {split!r} split (label -1); "
+            "`t5jax infer` writes predictions to submit to the benchmark")
+  if task == "glue_ax" and split not in splits:
+    return (f"no {split!r} split; its only split, test, has hidden labels "
+            "(label -1)")
+  return None
 
 
 # ---------------------------------------------------------------------------
@@ -292,6 +373,9 @@ def register_glue_tasks(vocabulary: seqio.Vocabulary, *,
                          (SUPER_GLUE_MIXTURE, SUPER_GLUE_TASKS)):
     if mixture in seqio.MixtureRegistry.names():
       seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(
-        mixture, [(n, min(TRAIN_SIZES[n], rate_cap)) for n in names
-                  if n in TRAIN_SIZES])
+    rates = [(n, min(TRAIN_SIZES[n], rate_cap)) for n in names
+             if n in TRAIN_SIZES]
+    mnli = min(TRAIN_SIZES["glue_mnli"], rate_cap) / 2
+    rates += [(n, mnli if n.startswith("glue_mnli_") else 0.0)
+              for n in EVAL_ONLY[mixture]]
+    seqio.MixtureRegistry.add(mixture, rates)

@@ -34,6 +34,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5jax.errors import UsageError
+
 # T5 caps each document at this many tokens before concatenation.
 MAX_CHUNK_TOKENS = 65536
 # T5 concatenates documents in groups of this many.
@@ -266,7 +268,7 @@ def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
                       keep_tokens)
   if objective == "prefix_lm":
     return prefix_lm
-  raise ValueError(f"unknown objective {objective!r}; choose one of "
+  raise UsageError(f"unknown objective {objective!r}; choose one of "
                    f"{OBJECTIVES}")
 
 
@@ -380,7 +382,7 @@ def objective_preprocessor(objective: str, vocabulary: seqio.Vocabulary, *,
       num_spans = round(round(raw_length * noise_density)
                         / mean_noise_span_length)
       if num_spans > vocabulary.extra_ids:
-        raise ValueError(
+        raise UsageError(
             f"span corruption of {raw_length} tokens needs {num_spans} "
             f"sentinels but the vocabulary has {vocabulary.extra_ids} extra "
             "ids; use a longer mean_noise_span_length or shorter inputs")

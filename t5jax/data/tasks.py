@@ -22,6 +22,7 @@ import tensorflow as tf
 from t5jax.data import corpus as corpus_lib
 from t5jax.data import objectives
 from t5jax.data import vocab as vocab_lib
+from t5jax.errors import UsageError
 
 DEFAULT_CORPUS_TASK = "default_corpus_span_corruption"
 C4_TASK = "c4_span_corruption"
@@ -133,7 +134,7 @@ def local_corpus_source(corpus_paths: str | Sequence[str],
     elif split == "train":
       index = index[~held_out] if len(index) >= VALIDATION_EVERY else index
     else:
-      raise ValueError(f"local corpus split must be 'train' or 'validation', "
+      raise UsageError(f"local corpus split must be 'train' or 'validation', "
                        f"got {split!r}")
     if len(index) == 0:
       raise corpus_lib.CorpusError(
@@ -181,7 +182,7 @@ def register_local_corpus_task(
     shuffle_buffer_size: example-level shuffle buffer after the objective.
   """
   if objective not in objectives.OBJECTIVES:
-    raise ValueError(f"unknown objective {objective!r}; choose one of "
+    raise UsageError(f"unknown objective {objective!r}; choose one of "
                      f"{objectives.OBJECTIVES}")
   return register_task(
       name,

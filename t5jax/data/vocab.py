@@ -15,6 +15,7 @@ import seqio
 import sentencepiece as spm
 
 from t5jax.data import corpus as corpus_lib
+from t5jax.errors import MissingFileError, UsageError
 
 T5_EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -91,12 +92,12 @@ def get_vocabulary(spm_path: str | None = None, *,
     spm_path = train_vocab(corpus_lib.default_corpus(cache_dir), cache_dir,
                            vocab_size=vocab_size)
   if not os.path.isfile(spm_path):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"SentencePiece model {spm_path!r} not found; pass the path of a "
         ".model file (e.g. T5's spiece.model) or None to train one")
   vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
   if vocab.pad_id != PAD_ID or vocab.eos_id != EOS_ID:
-    raise ValueError(
+    raise UsageError(
         f"{spm_path} has pad={vocab.pad_id} eos={vocab.eos_id}; T5 needs pad=0, "
         "eos=1, unk=2 (train it with train_vocab)")
   return vocab

@@ -117,7 +117,12 @@ def test_mixture_rates_are_capped_proportional(registered):
   mix = seqio.get_mixture_or_task(data.GLUE_MIXTURE)
   rates = {t.name: mix.get_rate(t) for t in mix.tasks}
   assert rates["glue_sst2"] == 67349 and rates["glue_wnli"] == 635
-  assert "glue_ax" not in rates  # eval-only tasks are not trained on
+  # Eval-only: MNLI's dev sets (half MNLI's rate each, for the validation loss;
+  # they have no train split) and AX (rate 0, as in T5).
+  assert rates["glue_mnli"] == 392702 and rates["glue_ax"] == 0
+  assert rates["glue_mnli_matched"] == 392702 / 2
+  assert rates["glue_mnli_mismatched"] == 392702 / 2
+  assert "train" not in seqio.get_mixture_or_task("glue_mnli_matched").splits
   data.register_glue_tasks(seqio.get_mixture_or_task("glue_cola")
                            .output_features["targets"].vocabulary,
                            rate_cap=10000)
@@ -125,9 +130,103 @@ def test_mixture_rates_are_capped_proportional(registered):
   rates = {t.name: mix.get_rate(t) for t in mix.tasks}
   assert rates["glue_mnli"] == 10000 and rates["glue_cola"] == 8551
   sg = seqio.get_mixture_or_task(data.SUPER_GLUE_MIXTURE)
-  assert {t.name for t in sg.tasks} == {
+  rates = {t.name: sg.get_rate(t) for t in sg.tasks}
+  assert set(rates) == {
       "super_glue_" + n for n in ("boolq", "cb", "copa", "multirc", "record",
-                                  "rte", "wic", "wsc")}
+                                  "rte", "wic", "wsc", "wsc_eval", "axb",
+                                  "axg")}
+  assert rates["super_glue_wsc_eval"] == rates["super_glue_axb"] == 0
+
+
+# ---------------------------------------------------------------------------
+# What the mixtures score, and T5's benchmark averages.
+
+
+def _scored(task, split):
+  from t5jax import run
+  return run.scored_tasks(task, split)
+
+
+def test_glue_mixture_scores_both_mnli_dev_sets(registered, mock_tfds):
+  scored, skipped = _scored(data.GLUE_MIXTURE, "validation")
+  assert set(scored) == {"glue_" + n for n in (
+      "cola", "sst2", "mrpc", "qqp", "stsb", "mnli_matched", "mnli_mismatched",
+      "qnli", "rte", "wnli")}
+  assert set(skipped) == {"glue_mnli", "glue_ax"}
+  assert "glue_mnli_matched and glue_mnli_mismatched" in skipped["glue_mnli"]
+  assert "hidden labels" in skipped["glue_ax"]
+
+
+def test_diagnostics_are_scored_only_with_labels(registered, mock_tfds):
+  # TFDS glue/ax has only a test split, with labels -1: never scored.
+  assert _scored("glue_ax", "test")[0] == []
+  assert "hides the labels" in _scored("glue_ax", "test")[1]["glue_ax"]
+  # AX-b and AX-g have labels in their test split: scored there, and only
+  # they are on SuperGLUE's test split.
+  scored, skipped = _scored(data.SUPER_GLUE_MIXTURE, "test")
+  assert scored == ["super_glue_axb", "super_glue_axg"]
+  assert all("hides the labels" in why for why in skipped.values())
+  scored, skipped = _scored(data.SUPER_GLUE_MIXTURE, "validation")
+  assert "super_glue_wsc_eval" in scored and "super_glue_axb" not in scored
+  assert "eval_split='test'" in skipped["super_glue_axb"]
+
+
+def test_benchmark_average_is_t5s():
+  """Within a task first (MRPC (F1 + acc) / 2, MNLI m + mm), then across tasks;
+  WNLI and AX are reported but not averaged."""
+  results = {
+      "glue_cola": {"matthews_corrcoef": 50.0},
+      "glue_sst2": {"accuracy": 90.0},
+      "glue_mrpc": {"f1": 90.0, "accuracy": 80.0},
+      "glue_qqp": {"f1": 70.0, "accuracy": 90.0},
+      "glue_stsb": {"pearson_corrcoef": 88.0, "spearman_corrcoef": 86.0},
+      "glue_mnli_matched": {"accuracy": 84.0},
+      "glue_mnli_mismatched": {"accuracy": 86.0},
+      "glue_qnli": {"accuracy": 91.0},
+      "glue_rte": {"accuracy": 71.0},
+      "glue_wnli": {"accuracy": 0.0},
+      "glue_ax": {"matthews_corrcoef": 0.0},
+  }
+  tasks = [50, 90, 85, 80, 87, 85, 91, 71]
+  assert glue.benchmark_average("glue", results) == pytest.approx(
+      np.mean(tasks))
+  # Other mixtures: every task counts, each by the mean of its metrics.
+  assert glue.benchmark_average("mine", {"a": {"x": 1.0, "y": 3.0},
+                                         "b": {"z": 5.0}}) == 3.5
+  assert glue.benchmark_average("glue", {}) is None
+  results["glue_stsb"] = {"pearson_corrcoef": np.nan,
+                          "spearman_corrcoef": np.nan}  # constant predictions
+  tasks[4] = 0
+  assert glue.benchmark_average("glue", results) == pytest.approx(
+      np.mean(tasks))
+
+
+def test_glue_mixture_eval_reports_tasks_and_average(registered, mock_tfds,
+                                                     vocabulary, capsys):
+  """run.seqio_metrics on the glue mixture (a tiny random model): MNLI's dev
+  sets are scored, AX and glue_mnli are skipped with a line each, and
+  eval/glue/average is the mixture's score."""
+  import jax
+  from t5jax import run
+  from t5jax.config import get_config
+  from t5jax.decoding import DecodeConfig
+  from t5jax.model import init_params
+  model = get_config("tiny", vocab_size=512)
+  params = init_params(model, jax.random.PRNGKey(0))
+  cfg = run.DataConfig(task=data.GLUE_MIXTURE, inputs_length=64,
+                       targets_length=4, eval_split="validation")
+  metrics = run.seqio_metrics(model, params, cfg, data.GLUE_MIXTURE, 4,
+                              DecodeConfig(max_decode_length=4), 4)
+  assert {"eval/glue_mnli_matched/accuracy",
+          "eval/glue_mnli_mismatched/accuracy", "eval/glue_mrpc/f1",
+          "eval/glue/average"} <= set(metrics)
+  assert np.isfinite(metrics["eval/glue/average"])  # even with STS-B's NaN
+  assert not any(k.startswith(("eval/glue_ax/", "eval/glue_mnli/"))
+                 for k in metrics)
+  out = capsys.readouterr().out
+  assert "Not scoring glue_ax on 'validation'" in out
+  assert "Not scoring glue_mnli on 'validation'" in out
+  assert "glue__scored_validation" not in seqio.MixtureRegistry.names()
 
 
 # ---------------------------------------------------------------------------
