@@ -1,8 +1,8 @@
 """Trains the tiny model on synthetic batches: the subprocess of the trainer tests.
 
     python tests/trainer_script.py RUN_DIR --steps 8 --ckpt_every 2 [--devices 8]
-        [--mesh 8x1] [--rules 1d] [--step_delay 0.2] [--num_processes 2 --process_id 0
-        --coordinator localhost:12345]
+        [--mesh 8x1] [--rules 1d] [--step_delay 0.2] [--log_every 1] [--sync_every 0]
+        [--num_processes 2 --process_id 0 --coordinator localhost:12345]
 
 Writes RUN_DIR/final_params.npz (process 0) when it reaches --steps.
 """
@@ -21,6 +21,8 @@ parser.add_argument("--mesh", default="-1x1")
 parser.add_argument("--rules", default="1d")
 parser.add_argument("--batch_size", type=int, default=16)
 parser.add_argument("--step_delay", type=float, default=0.0)
+parser.add_argument("--log_every", type=int, default=1)
+parser.add_argument("--sync_every", type=int, default=0)
 parser.add_argument("--num_processes", type=int, default=1)
 parser.add_argument("--process_id", type=int, default=0)
 parser.add_argument("--coordinator", default=None)
@@ -50,7 +52,8 @@ config = trainer.TrainConfig(
     mesh=MeshConfig(data, model, args.rules),
     optimizer=OptimizerConfig(schedule="constant", learning_rate=0.05, min_dim_size_to_factor=32),
     checkpoint=CheckpointConfig(every_steps=args.ckpt_every, keep=3),
-    log_every=1, tensorboard=False, compiler_options=FAST_COMPILE, peak_flops=1e12)
+    log_every=args.log_every, sync_every=args.sync_every, tensorboard=False,
+    compiler_options=FAST_COMPILE, peak_flops=1e12)
 base = data_fn(args.batch_size, jax.process_index(), jax.process_count())
 
 
