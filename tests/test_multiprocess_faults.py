@@ -145,7 +145,8 @@ def reference(tmp_path_factory, cache):
 
 def test_kill_9_both_processes_then_rerun_is_bitwise_identical(tmp_path, cache, reference):
   run = tmp_path / "run"
-  flags = ("--ckpt_every", 4)  # a multi-process save costs; two are enough
+  # A multi-process save costs; two are enough. Each process saves its data position.
+  flags = ("--ckpt_every", 4, "--saved_position")
   with pairs(cache) as start:
     pair = start(run, tmp_path, "killed", *flags, "--step_delay", 0.5)
     wait_for(lambda: os.path.isdir(run / "checkpoints" / "4"), pair, "checkpoint 4")
@@ -157,6 +158,9 @@ def test_kill_9_both_processes_then_rerun_is_bitwise_identical(tmp_path, cache, 
     outs = finish(start, run, tmp_path, "rerun", *flags)
   resumed = re.search(rf"Resumed from {re.escape(str(run))} at step (\d+)\.", outs[0])
   assert resumed and resumed.group(1) == "4", outs[0][-3000:]
+  assert "Input pipeline continues from its position saved at step 4" in outs[0]
+  assert {"process_0-of-2", "process_1-of-2"} <= set(
+      os.listdir(run / "checkpoints" / "4" / "data"))
   assert step_losses(run) == step_losses(reference)  # exact float equality, every step
   assert_params_equal(run, reference)
 

@@ -26,6 +26,8 @@ parser.add_argument("--sync_every", type=int, default=0)
 parser.add_argument("--num_processes", type=int, default=1)
 parser.add_argument("--process_id", type=int, default=0)
 parser.add_argument("--coordinator", default=None)
+parser.add_argument("--saved_position", action="store_true",
+                    help="a data source that saves its position and refuses to replay")
 args = parser.parse_args()
 
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -63,8 +65,35 @@ def slow_data(start_step):
     yield batch
 
 
+class SavedPosition:
+  """This process's rows of batch k, k+1, ...; its position is saved with each
+  checkpoint (as t5jax.data.BatchIterator's), and it fails if asked to replay."""
+
+  def __init__(self, start_step):
+    self.next, self.must_restore = start_step, start_step > 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    assert not self.must_restore, "replayed instead of restoring the saved position"
+    time.sleep(args.step_delay)
+    batch = next(base(self.next))
+    self.next += 1
+    return batch
+
+  def save_state(self, directory):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "next.txt"), "w") as f:
+      f.write(str(self.next))
+
+  def restore_state(self, directory):
+    with open(os.path.join(directory, "next.txt")) as f:
+      self.next, self.must_restore = int(f.read()), False
+
+
 model_config = get_config("tiny", vocab_size=128, dropout_rate=0.1)
-result = trainer.train(model_config, config, slow_data)
+result = trainer.train(model_config, config, SavedPosition if args.saved_position else slow_data)
 print(f"STOPPED {result.stopped} at step {result.step}", flush=True)
 if result.stopped == "done" and jax.process_index() == 0:
   from jax.experimental import multihost_utils
