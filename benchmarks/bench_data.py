@@ -11,6 +11,7 @@ The first run builds the default corpus and trains its 32k vocabulary
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -27,9 +28,10 @@ def main():
   parser.add_argument("--warmup", type=int, default=10)
   parser.add_argument("--resume", action="store_true", help="time resumes instead")
   parser.add_argument("--resume_batch", type=int, default=8)
+  parser.add_argument("--reps", type=int, default=3)
   args = parser.parse_args()
   if args.resume:
-    return resume_times(args.resume_batch)
+    return resume_times(args.resume_batch, args.reps)
 
   t0 = time.perf_counter()
   data.register_default_corpus_task()
@@ -58,7 +60,7 @@ def main():
         "were fully used")
 
 
-def resume_times(batch: int, steps=(10, 10_000)) -> None:
+def resume_times(batch: int, reps: int = 3, steps=(10, 10_000)) -> None:
   """Seconds from 'resume at step N' to holding batch N, for each N in steps."""
   data.register_default_corpus_task()
 
@@ -80,20 +82,22 @@ def resume_times(batch: int, steps=(10, 10_000)) -> None:
   print(f"made the positions of steps {steps} in {time.perf_counter() - t0:.0f}s "
         f"(batch {batch}, 512/114 span corruption)")
   for step in steps:
-    t = time.perf_counter()
-    restored = make(step)
-    restored.restore_state(os.path.join(root, str(step)))
-    got = next(restored)["encoder_input_tokens"]
-    restore_s = time.perf_counter() - t
-    t = time.perf_counter()
-    replayed = next(make(step))["encoder_input_tokens"]
-    replay_s = time.perf_counter() - t
-    assert (got == expected[step]).all() and (replayed == expected[step]).all()
+    restore_s, replay_s = [], []
+    for _ in range(reps):  # interleaved: restore, replay, restore, ...
+      t = time.perf_counter()
+      restored = make(step)
+      restored.restore_state(os.path.join(root, str(step)))
+      got = next(restored)["encoder_input_tokens"]
+      restore_s.append(time.perf_counter() - t)
+      t = time.perf_counter()
+      replayed = next(make(step))["encoder_input_tokens"]
+      replay_s.append(time.perf_counter() - t)
+      assert (got == expected[step]).all() and (replayed == expected[step]).all()
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
                os.walk(os.path.join(root, str(step))) for f in fs)
-    print(f"resume at step {step:>6,}: restore the saved position {restore_s:5.2f}s "
-          f"({size / 1e6:.1f} MB), replay {replay_s:6.2f}s")
-
+    print(f"resume at step {step:>6,}: restore the saved position "
+          f"{statistics.median(restore_s):5.2f}s ({size / 1e6:.1f} MB), replay "
+          f"{statistics.median(replay_s):6.2f}s (medians of {reps}, until batch {step} is in hand)")
 
 if __name__ == "__main__":
   main()
