@@ -42,8 +42,10 @@ OBJECTIVES = ["objective_span_corruption", "objective_iid_noise", "objective_dro
               "objective_deshuffling"]
 RATES = ["rate_10", "objective_span_corruption", "rate_25", "rate_50"]
 SPANS = ["span_2", "objective_span_corruption", "span_5", "span_10"]
+# UL2's mixture of denoisers against T5's span corruption (not in the paper's "all").
+UL2 = ["objective_span_corruption", "objective_ul2"]
 SETS = {"objectives": OBJECTIVES, "rates": RATES, "spans": SPANS,
-        "all": list(dict.fromkeys(OBJECTIVES + RATES + SPANS))}
+        "all": list(dict.fromkeys(OBJECTIVES + RATES + SPANS)), "ul2": UL2}
 
 # Rows whose validation losses can be compared with each other: the same
 # target format (sentinel + span lists). Other objectives predict different
@@ -228,7 +230,7 @@ def _fmt(x, spec=".3f"):
 def markdown(rows: list[dict], meta: dict, notes: str | None) -> str:
   span = lambda r: (f"{r['mean_noise_span_length']:g}" if r["objective"] == "span_corruption"
                     else "-")
-  noise = lambda r: ("-" if r["objective"] in ("prefix_lm", "deshuffling")
+  noise = lambda r: ("-" if r["objective"] in ("prefix_lm", "deshuffling", "ul2")
                      else f"{100 * r['noise_density']:g}%")
   glue = any(r.get("downstream") for r in rows)
   head = ("| config | objective | noise | span | steps | targets len | train loss | eval loss "

@@ -16,7 +16,7 @@ import numbers
 
 from t5jax.errors import UnknownNameError, UsageError
 
-FEED_FORWARD_KINDS = ("relu", "gated-gelu")
+FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gated-silu")
 REMAT_POLICIES = ("none", "full", "save_dots")
 # Name of the scanned layer stack (a param path key) and of its stacked axis
 # (a logical axis name); t5jax.optim finds stacked parameters by this key.
@@ -42,7 +42,8 @@ class T5Config:
   d_ff: int = 2048
   num_layers: int = 6  # encoder layers
   num_decoder_layers: int | None = None  # None: same as num_layers
-  feed_forward_proj: str = "relu"  # "relu" (T5.1.0) or "gated-gelu" (T5.1.1)
+  # "relu" (T5.1.0), "gated-gelu" (T5.1.1, mT5, ByT5, FLAN-T5), "gated-silu" (UL2)
+  feed_forward_proj: str = "relu"
   # Tied (T5.1.0): logits = (h * d_model**-0.5) @ E^T. Untied (T5.1.1): own head.
   tie_word_embeddings: bool = True
   # Only read when tied. False is the transformers-5.x form of a T5.1.1
@@ -92,7 +93,7 @@ class T5Config:
 
   @property
   def is_gated(self) -> bool:
-    return self.feed_forward_proj == "gated-gelu"
+    return self.feed_forward_proj.startswith("gated-")
 
   def replace(self, **overrides) -> "T5Config":
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
@@ -115,6 +116,21 @@ def _v11(d_model, num_heads, d_kv, d_ff, layers):
                   tie_word_embeddings=False, dropout_rate=0.0)
 
 
+def _gated(vocab_size, d_model, num_heads, d_kv, d_ff, layers, decoder_layers=None,
+           feed_forward_proj="gated-gelu", dropout_rate=0.0):
+  """A T5.1.1-style (untied head, gated feed-forward) model of another family."""
+  return T5Config(vocab_size=vocab_size, d_model=d_model, num_heads=num_heads, d_kv=d_kv,
+                  d_ff=d_ff, num_layers=layers, num_decoder_layers=decoder_layers,
+                  feed_forward_proj=feed_forward_proj, tie_word_embeddings=False,
+                  dropout_rate=dropout_rate)
+
+
+# mT5: T5.1.1 dimensions, SentencePiece vocab of 250,000 + 100 sentinels padded to 250112.
+_MT5_VOCAB = 250112
+# ByT5: 256 bytes + 3 special ids (+ 125 unused), padded to 384.
+_BYT5_VOCAB = 384
+
+
 PRESETS: dict[str, T5Config] = {
     "t5.1.0-small": _v10(512, 8, 64, 2048, 6),
     "t5.1.0-base": _v10(768, 12, 64, 3072, 12),
@@ -126,6 +142,28 @@ PRESETS: dict[str, T5Config] = {
     "t5.1.1-large": _v11(1024, 16, 64, 2816, 24),
     "t5.1.1-xl": _v11(2048, 32, 64, 5120, 24),
     "t5.1.1-xxl": _v11(4096, 64, 64, 10240, 24),
+    # mT5 (Xue et al. 2021; T5X mt5/*.gin, HF MT5Config).
+    "mt5-small": _gated(_MT5_VOCAB, 512, 6, 64, 1024, 8),
+    "mt5-base": _gated(_MT5_VOCAB, 768, 12, 64, 2048, 12),
+    "mt5-large": _gated(_MT5_VOCAB, 1024, 16, 64, 2816, 24),
+    "mt5-xl": _gated(_MT5_VOCAB, 2048, 32, 64, 5120, 24),
+    "mt5-xxl": _gated(_MT5_VOCAB, 4096, 64, 64, 10240, 24),
+    # ByT5 (Xue et al. 2022, Table 1; T5X byt5/*.gin): encoder 3x the decoder's depth.
+    "byt5-small": _gated(_BYT5_VOCAB, 1472, 6, 64, 3584, 12, 4),
+    "byt5-base": _gated(_BYT5_VOCAB, 1536, 12, 64, 3968, 18, 6),
+    "byt5-large": _gated(_BYT5_VOCAB, 1536, 16, 64, 3840, 36, 12),
+    "byt5-xl": _gated(_BYT5_VOCAB, 2560, 32, 64, 6720, 36, 12),
+    "byt5-xxl": _gated(_BYT5_VOCAB, 4672, 64, 64, 12352, 36, 12),
+    # FLAN-T5 (Chung et al. 2022): T5.1.1 checkpoints instruction-finetuned; the HF
+    # configs keep the T5.1.1 shapes and set dropout 0.1.
+    "flan-t5-small": _gated(32128, 512, 6, 64, 1024, 8, dropout_rate=0.1),
+    "flan-t5-base": _gated(32128, 768, 12, 64, 2048, 12, dropout_rate=0.1),
+    "flan-t5-large": _gated(32128, 1024, 16, 64, 2816, 24, dropout_rate=0.1),
+    "flan-t5-xl": _gated(32128, 2048, 32, 64, 5120, 24, dropout_rate=0.1),
+    "flan-t5-xxl": _gated(32128, 4096, 64, 64, 10240, 24, dropout_rate=0.1),
+    # UL2 20B (Tay et al. 2022; HF google/ul2 config.json): gated SiLU, d_kv 256.
+    "ul2": _gated(32128, 4096, 16, 256, 16384, 32, feed_forward_proj="gated-silu",
+                  dropout_rate=0.1),
     # For tests and the CPU demo: T5.1.1-style, a few layers, narrow.
     "tiny": T5Config(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=2,
                      feed_forward_proj="gated-gelu", tie_word_embeddings=False,

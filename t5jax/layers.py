@@ -384,11 +384,21 @@ class MultiHeadAttention(nn.Module):
     return project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype)
 
 
+# The activation of wi_0 in each gated feed-forward kind (T5Config.feed_forward_proj).
+# The same functions run on both kernel paths: only the matmuls have a CPU path.
+GATED_ACTIVATIONS = {
+    "gated-gelu": functools.partial(jax.nn.gelu, approximate=True),  # HF "gelu_new"
+    "gated-silu": jax.nn.silu,  # x * sigmoid(x), HF "silu" (torch.nn.SiLU)
+}
+
+
 class MlpBlock(nn.Module):
-  """ReLU (T5.1.0) or gated-GELU, tanh approximation (T5.1.1) feed-forward."""
+  """Feed-forward of kind `kind` (a T5Config.feed_forward_proj): ReLU (T5.1.0),
+  gated GELU with the tanh approximation (T5.1.1, mT5, ByT5, FLAN-T5) or gated
+  SiLU (UL2). Gated: wo(act(wi_0 x) * wi_1 x)."""
 
   d_ff: int
-  gated: bool
+  kind: str
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   deterministic: bool = True
@@ -399,10 +409,13 @@ class MlpBlock(nn.Module):
     x = x.astype(self.dtype)
     up = lambda name: matmul(x, _param(self, name, dense_init(0, 1), (d_model, self.d_ff),
                                        ("embed", "mlp")), self.dtype)
-    if self.gated:
-      hidden = jax.nn.gelu(up("wi_0"), approximate=True) * up("wi_1")
-    else:
+    if self.kind == "relu":
       hidden = jax.nn.relu(up("wi"))
+    elif self.kind in GATED_ACTIVATIONS:
+      hidden = GATED_ACTIVATIONS[self.kind](up("wi_0")) * up("wi_1")
+    else:
+      raise ValueError(f"MlpBlock.kind={self.kind!r}: expected 'relu' or one of "
+                       f"{sorted(GATED_ACTIVATIONS)}.")
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     hidden = Dropout(self.dropout_rate)(hidden, self.deterministic)
     wo = _param(self, "wo", dense_init(0, 1), (self.d_ff, d_model), ("mlp", "embed"))

@@ -72,7 +72,7 @@ class EncoderLayer(nn.Module):
                            self.deterministic, name="attention")(y, y, mask, bias)
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(cfg.d_ff, cfg.is_gated, cfg.dropout_rate, dtype, self.deterministic,
+    y = MlpBlock(cfg.d_ff, cfg.feed_forward_proj, cfg.dropout_rate, dtype, self.deterministic,
                  name="mlp")(y)
     x = x + dropout(y)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -98,7 +98,7 @@ class DecoderLayer(nn.Module):
     y = attention(cross=True, name="encoder_decoder_attention")(y, encoded, cross_mask)
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(cfg.d_ff, cfg.is_gated, cfg.dropout_rate, dtype, self.deterministic,
+    y = MlpBlock(cfg.d_ff, cfg.feed_forward_proj, cfg.dropout_rate, dtype, self.deterministic,
                  name="mlp")(y)
     x = x + dropout(y)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

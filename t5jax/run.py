@@ -42,12 +42,17 @@ class DataConfig:
   pack: bool = True
   seed: int = 0
   data_dir: str | None = None  # TFDS data_dir for C4 / GLUE / SuperGLUE
-  vocabulary: str | None = None  # a SentencePiece model; None: trained on the default corpus
+  # A SentencePiece model; None: trained on the default corpus; 'byte': ByT5's byte vocabulary
+  # (ids 3..258 are UTF-8 bytes, 125 sentinels, vocab_size 384; ByT5 pretrained with
+  # mean_noise_span_length=20, which is not set for you).
+  vocabulary: str | None = None
   vocab_size: int = 32000  # pieces of the vocabulary trained when `vocabulary` is None
   cache_dir: str | None = None  # default corpus + trained vocabulary cache
   corpus: tuple[str, ...] = ()  # files/folders for task='local_corpus'
   doc_per: str = "line"  # local corpus: one document per 'line' or per 'file'
-  objective: str = "span_corruption"  # local / default corpus objective (ablations)
+  # Local / default corpus objective (ablations): objectives.OBJECTIVES, e.g. 'prefix_lm', or
+  # 'ul2' (UL2's mixture of denoisers with mode tokens; it ignores the two settings below).
+  objective: str = "span_corruption"
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
   eval_split: str = "validation"
@@ -111,10 +116,10 @@ def prepare_task(data: DataConfig):
   # seqio warns that function-backed tasks are not cached; ours are by design.
   absl_logging.set_verbosity(absl_logging.ERROR)
   _check_task_name(data.task)  # before a vocabulary is trained for a misspelt name
-  if data.vocabulary is not None and not os.path.isfile(data.vocabulary):
+  if data.vocabulary not in (None, "byte") and not os.path.isfile(data.vocabulary):
     raise UsageError(f"DataConfig.vocabulary={data.vocabulary!r} does not exist: pass a "
-                     "SentencePiece .model file (e.g. T5's spiece.model), or None to train one "
-                     "on the default corpus.")
+                     "SentencePiece .model file (e.g. T5's spiece.model), 'byte' for ByT5's byte "
+                     "vocabulary, or None to train one on the default corpus.")
   vocabulary = data_lib.get_vocabulary(data.vocabulary, vocab_size=data.vocab_size,
                                        cache_dir=data.cache_dir)
   objective = dict(objective=data.objective, noise_density=data.noise_density,
@@ -210,7 +215,7 @@ def check_vocabulary(model: T5Config, vocabulary) -> None:
   if model.vocab_size < vocabulary.vocab_size:
     raise UsageError(
         f"The model's vocab_size={model.vocab_size} is smaller than the vocabulary's "
-        f"{vocabulary.vocab_size} ids (pieces + 100 sentinels). Set "
+        f"{vocabulary.vocab_size} ids (its pieces or bytes plus its sentinels). Set "
         f"model_config.vocab_size={-(-vocabulary.vocab_size // 128) * 128} (a multiple of 128).")
 
 

@@ -10,7 +10,7 @@ import gin
 import pytest
 
 from t5jax import gin_setup
-from t5jax.data.objectives import OBJECTIVES, random_spans_helper
+from t5jax.data.objectives import OBJECTIVES, random_spans_helper, ul2_lengths
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "experiments")
@@ -26,7 +26,7 @@ def _build(configurable: str):
 
 def test_every_ablation_of_the_paper_is_shipped():
   names = {os.path.basename(f)[:-4] for f in GIN_FILES}
-  assert set(run_ablations.SETS["all"]) | {"base"} == names
+  assert set(run_ablations.SETS["all"]) | set(run_ablations.SETS["ul2"]) | {"base"} == names
   assert len(run_ablations.SETS["all"]) == 13  # 7 objectives + 3 rates + 3 span lengths
 
 
@@ -62,6 +62,9 @@ def test_gin_file_parses_and_binds(name):
     assert re.search(rf"random_spans_helper\(128, {data.noise_density:.2f}, "
                      rf"{data.mean_noise_span_length}\) = \(raw \d+, targets {targets}\)", text) \
         or name.endswith("base.gin")
+  elif data.objective == "ul2":
+    # Every denoiser's inputs and targets fit: ul2_lengths raises otherwise.
+    assert len(ul2_lengths(data.inputs_length, data.targets_length)) == 7
   elif data.objective in ("prefix_lm", "bert_mlm", "mass", "deshuffling"):
     # Targets are the whole segment (or its suffix): inputs_length - 1 tokens + EOS.
     assert data.targets_length == data.inputs_length

@@ -52,7 +52,8 @@ def test_gin_file_parses_and_binds(name):
     gin_setup.parse(files, ["RUN_DIR = '/tmp/gin_test_run'"])
     # Build every config object the file binds: catches bad field names and values.
     model = _build("model_config")
-    assert model.vocab_size >= 32000 or name.startswith("demo")
+    # ByT5's vocabulary is bytes: 384 ids.
+    assert model.vocab_size >= 32000 or name.startswith(("demo", "models/byt5-"))
     for configurable in ("DataConfig", "OptimizerConfig", "LossConfig", "MeshConfig",
                          "CheckpointConfig", "DecodeConfig"):
       _build(configurable)

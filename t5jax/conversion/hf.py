@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from t5jax.config import T5Config
+from t5jax.config import FEED_FORWARD_KINDS, T5Config
 from t5jax.conversion.tree import check_tree, flatten, unflatten
 from t5jax.errors import MissingFileError, UsageError
 
@@ -75,10 +75,13 @@ _IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 def config_from_hf(hf: dict) -> T5Config:
   """T5Config from an HF config.json dict (transformers 4.x or 5.x)."""
+  # transformers derives dense_act_fn / is_gated_act from feed_forward_proj alone
+  # (gated-gelu -> "gelu_new", gated-silu -> "silu"), so they are not read here.
   proj = hf.get("feed_forward_proj", "relu")
-  if proj not in ("relu", "gated-gelu"):
-    raise UsageError(f"config.json feed_forward_proj={proj!r}: t5jax supports 'relu' "
-                     "and 'gated-gelu' (T5.1.0 and T5.1.1).")
+  if proj not in FEED_FORWARD_KINDS:
+    raise UsageError(f"config.json feed_forward_proj={proj!r}: t5jax supports "
+                     f"{', '.join(map(repr, FEED_FORWARD_KINDS))} (T5.1.0; T5.1.1, mT5, "
+                     "ByT5, FLAN-T5; UL2).")
   tied = hf.get("tie_word_embeddings", True)
   return T5Config(
       vocab_size=hf["vocab_size"], d_model=hf["d_model"], num_heads=hf["num_heads"],
@@ -92,6 +95,10 @@ def config_from_hf(hf: dict) -> T5Config:
       layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
       pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
       decoder_start_token_id=hf.get("decoder_start_token_id", 0) or 0)
+
+
+# What transformers' T5Config sets dense_act_fn to for each feed_forward_proj.
+_HF_ACTIVATIONS = {"relu": "relu", "gated-gelu": "gelu_new", "gated-silu": "silu"}
 
 
 def config_to_hf(config: T5Config) -> dict:
@@ -108,6 +115,8 @@ def config_to_hf(config: T5Config) -> dict:
       "relative_attention_max_distance": config.relative_attention_max_distance,
       "dropout_rate": config.dropout_rate, "layer_norm_epsilon": config.layer_norm_epsilon,
       "feed_forward_proj": config.feed_forward_proj,
+      "dense_act_fn": _HF_ACTIVATIONS[config.feed_forward_proj],
+      "is_gated_act": config.is_gated,
       "tie_word_embeddings": config.tie_word_embeddings,
       "is_encoder_decoder": True, "pad_token_id": config.pad_token_id,
       "eos_token_id": config.eos_token_id,

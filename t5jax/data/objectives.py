@@ -13,7 +13,10 @@ Span corruption follows T5 exactly (T5 paper section 3.1.4; docs/t5_facts.md,
 The other objectives of the paper's Tables 3-4 (prefix LM, BERT-style MLM,
 MASS-style, deshuffling, i.i.d. noise with span replacement, dropped tokens)
 reuse the same segment stream and differ only in the mask and in how
-inputs/targets are made from it.
+inputs/targets are made from it. "ul2" is UL2's mixture of denoisers (Tay
+et al. 2022; docs/t5_facts.md, "UL2 mixture of denoisers"): each segment
+gets one of seven span-corruption / prefix-LM denoisers, drawn with the
+mixture's proportions, and a mode token in front of its inputs.
 
 The per-segment work (masks, sentinels) is numpy, called from tf.data through
 tf.numpy_function: a segment needs ~15 small array operations, which numpy
@@ -27,8 +30,9 @@ from the per-example seed seqio derives from the task seed, so the output is
 a pure function of (data, seed): deterministic and resumable.
 """
 
+import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import seqio
@@ -234,9 +238,164 @@ def prefix_lm(tokens, rng, vocab_size=None):
   return tokens[:split], tokens[split:]
 
 
+# ---------------------------------------------------------------------------
+# UL2: mixture of denoisers (Tay et al. 2022, "UL2: Unifying Language
+# Learning Paradigms", section 3.1; docs/t5_facts.md, "UL2 mixture of
+# denoisers").
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+  """One UL2 denoiser.
+
+  Attributes:
+    name: a short label ("R1", "X3", "S").
+    mode: its mode token, one of UL2_MODES.
+    noise_density: corruption rate r; for the S-denoiser the fraction of the
+      segment that is the target suffix.
+    mean_noise_span_length: mean span length mu; None for the S-denoiser
+      (prefix LM: one span, the suffix).
+    weight: its share of the mixture (weights are normalised).
+  """
+  name: str
+  mode: str
+  noise_density: float
+  mean_noise_span_length: float | None
+  weight: float
+
+
+# Mode tokens, in the order of their reserved ids (see mode_token_id).
+UL2_MODES = ("[NLU]", "[NLG]", "[S2S]")
+
+# The paper's seven denoisers: R (regular span corruption), X (extreme: long
+# spans or high rates), S (sequential: prefix LM, the last 25% is the
+# target). S takes 20% of the mixture, the six R/X denoisers share the rest
+# equally.
+UL2_DENOISERS = (
+    Denoiser("R1", "[NLU]", 0.15, 3.0, 0.8 / 6),
+    Denoiser("R2", "[NLU]", 0.15, 8.0, 0.8 / 6),
+    Denoiser("X1", "[NLG]", 0.5, 3.0, 0.8 / 6),
+    Denoiser("X2", "[NLG]", 0.5, 8.0, 0.8 / 6),
+    Denoiser("X3", "[NLG]", 0.15, 64.0, 0.8 / 6),
+    Denoiser("X4", "[NLG]", 0.5, 64.0, 0.8 / 6),
+    Denoiser("S", "[S2S]", 0.25, None, 0.2),
+)
+
+
+def mode_token_id(vocabulary, mode: str) -> int:
+  """Reserved id of a UL2 mode token: the lowest extra ids.
+
+  [NLU], [NLG], [S2S] are the first three ids after the pieces (T5: 32000,
+  32001, 32002 = <extra_id_99>, <extra_id_98>, <extra_id_97>), so sentinels
+  count down from the top as in T5 and at most extra_ids - 3 are used.
+  """
+  return (vocabulary.vocab_size - vocabulary.extra_ids
+          + UL2_MODES.index(mode))
+
+
+def _denoiser_lengths(length: int, denoiser: Denoiser) -> tuple[int, int, int]:
+  """(inputs, targets, sentinels) of a segment of length >= 2, with the mode
+  token and EOS; mirrors _span_lengths (R/X) and _suffix_length (S)."""
+  if denoiser.mean_noise_span_length is None:
+    suffix = _suffix_length(length, denoiser.noise_density)
+    return length - suffix + 2, suffix + 1, 0
+  num_noise = min(max(int(round(length * denoiser.noise_density)), 1),
+                  length - 1)
+  num_nonnoise = length - num_noise
+  num_spans = max(1, int(round(num_noise / denoiser.mean_noise_span_length)))
+  num_spans = min(num_spans, num_noise, num_nonnoise)
+  return num_nonnoise + num_spans + 2, num_noise + num_spans + 1, num_spans
+
+
+def _suffix_length(length: int, fraction: float) -> int:
+  """Target tokens of the S-denoiser: round(length * fraction) in
+  [1, length - 1] (0 for a 1-token segment)."""
+  if length < 2:
+    return 0
+  return min(max(int(round(length * fraction)), 1), length - 1)
+
+
+def ul2_lengths(inputs_length: int, targets_length: int,
+                denoisers: Sequence[Denoiser] = UL2_DENOISERS,
+                max_sentinels: int = 97) -> tuple[int, ...]:
+  """Raw segment length for each denoiser, as random_spans_helper for T5.
+
+  For each denoiser, the largest raw length whose inputs (mode token,
+  sentinels and EOS included) fit inputs_length, whose targets (sentinels
+  and EOS) fit targets_length, and that needs at most max_sentinels
+  sentinels. Inputs and targets grow with the raw length, so every shorter
+  segment fits too: nothing is ever trimmed.
+  """
+  out = []
+  for d in denoisers:
+    fits = lambda n: (  # noqa: E731
+        _denoiser_lengths(n, d)[0] <= inputs_length
+        and _denoiser_lengths(n, d)[1] <= targets_length
+        and _denoiser_lengths(n, d)[2] <= max_sentinels)
+    if not fits(2):
+      raise UsageError(
+          f"UL2 denoiser {d.name} does not fit inputs_length={inputs_length}"
+          f", targets_length={targets_length}; use longer lengths")
+    n = 2
+    while fits(n + 1):
+      n += 1
+    out.append(n)
+  return tuple(out)
+
+
+def ul2_denoise(tokens, rng, vocab_size: int, denoiser: Denoiser,
+                mode_id: int):
+  """One segment -> (inputs, targets) without EOS for one UL2 denoiser.
+
+  R/X: T5 span corruption with the denoiser's rate and mean span length.
+  S: inputs are the prefix, targets the last round(r * n) tokens.
+  The mode token's id comes first in the inputs.
+  """
+  tokens = np.asarray(tokens)
+  if denoiser.mean_noise_span_length is None:
+    split = len(tokens) - _suffix_length(len(tokens), denoiser.noise_density)
+    inputs, targets = tokens[:split], tokens[split:]
+  else:
+    inputs, targets = span_corrupt(
+        tokens, rng, vocab_size, noise_density=denoiser.noise_density,
+        mean_noise_span_length=denoiser.mean_noise_span_length)
+  return np.concatenate([[mode_id], inputs]).astype(tokens.dtype), targets
+
+
+def make_ul2_pair_fn(vocabulary, inputs_length: int, targets_length: int,
+                     denoisers: Sequence[Denoiser] = UL2_DENOISERS
+                     ) -> Callable:
+  """(tokens, rng, vocab_size) -> (inputs, targets): UL2's mixture.
+
+  Per segment, a denoiser is drawn from the seeded rng with the mixture's
+  weights; the segment is cut to that denoiser's raw length (ul2_lengths;
+  segments are made at the longest one, the rest of a segment is dropped)
+  and denoised.
+  """
+  if vocabulary.extra_ids < len(UL2_MODES) + 1:
+    raise UsageError(
+        f"UL2 needs {len(UL2_MODES)} mode tokens and sentinels among the "
+        f"extra ids; the vocabulary has {vocabulary.extra_ids}")
+  raw = ul2_lengths(inputs_length, targets_length, denoisers,
+                    vocabulary.extra_ids - len(UL2_MODES))
+  mode_ids = [mode_token_id(vocabulary, d.mode) for d in denoisers]
+  weights = np.array([d.weight for d in denoisers], np.float64)
+  weights /= weights.sum()
+
+  def make_pair(tokens, rng, vocab_size):
+    k = int(rng.choice(len(denoisers), p=weights))
+    return ul2_denoise(tokens[:raw[k]], rng, vocab_size, denoisers[k],
+                       mode_ids[k])
+
+  make_pair.raw_length = max(raw)
+  make_pair.raw_lengths = raw
+  return make_pair
+
+
 def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
                  mean_noise_span_length: float = 3.0,
-                 random_prob: float = 0.1) -> Callable:
+                 random_prob: float = 0.1,
+                 sequence_length: dict[str, int] | None = None) -> Callable:
   """(tokens, rng, vocab_size) -> (inputs, targets) for an objective name.
 
   Objectives (T5 paper Tables 3-4): "span_corruption" (the T5 default),
@@ -246,7 +405,9 @@ def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
   "bert_mlm" (i.i.d. mask, noise -> <extra_id_0> 90% / random piece 10%,
   targets are the original text), "mass" (MASS-style: i.i.d. mask, every
   noise token -> <extra_id_0>, targets are the original text), "deshuffling"
-  (inputs shuffled, targets original) and "prefix_lm" (random split point).
+  (inputs shuffled, targets original), "prefix_lm" (random split point),
+  and "ul2" (UL2's mixture of denoisers, make_ul2_pair_fn; it needs
+  sequence_length and ignores noise_density / mean_noise_span_length).
   """
   iid = functools.partial(iid_noise_mask, noise_density=noise_density)
   if objective == "span_corruption":
@@ -268,12 +429,17 @@ def make_pair_fn(objective: str, vocabulary, *, noise_density: float = 0.15,
                       keep_tokens)
   if objective == "prefix_lm":
     return prefix_lm
+  if objective == "ul2":
+    if sequence_length is None:
+      raise UsageError("objective 'ul2' needs the sequence_length")
+    return make_ul2_pair_fn(vocabulary, sequence_length["inputs"],
+                            sequence_length["targets"])
   raise UsageError(f"unknown objective {objective!r}; choose one of "
                    f"{OBJECTIVES}")
 
 
 OBJECTIVES = ("span_corruption", "iid_denoising", "drop_tokens", "bert_mlm",
-              "mass", "deshuffling", "prefix_lm")
+              "mass", "deshuffling", "prefix_lm", "ul2")
 
 
 # ---------------------------------------------------------------------------
@@ -366,16 +532,25 @@ def objective_preprocessor(objective: str, vocabulary: seqio.Vocabulary, *,
   """A seqio preprocessor(dataset, sequence_length) for one objective.
 
   Segment lengths: span corruption uses random_spans_helper so corrupted
-  inputs fill inputs_length exactly; the other objectives use segments of
+  inputs fill inputs_length exactly; UL2 uses ul2_lengths (inputs and
+  targets of every denoiser fit); the other objectives use segments of
   inputs_length - 1 tokens (EOS fills the last slot), and targets longer
   than targets_length are trimmed by the feature converter, as in T5.
   """
-  make_pair = make_pair_fn(objective, vocabulary, noise_density=noise_density,
-                           mean_noise_span_length=mean_noise_span_length,
-                           random_prob=random_prob)
+  make_pair = None  # UL2's depends on the sequence lengths: made below
+  if objective != "ul2":  # fail early on an unknown name
+    make_pair = make_pair_fn(objective, vocabulary,
+                             noise_density=noise_density,
+                             mean_noise_span_length=mean_noise_span_length,
+                             random_prob=random_prob)
 
   def preprocess(dataset, sequence_length):
     inputs_length = sequence_length["inputs"]
+    if objective == "ul2":
+      ul2_pair = make_pair_fn(objective, vocabulary,
+                              sequence_length=sequence_length)
+      dataset = segment_stream(dataset, ul2_pair.raw_length)
+      return _denoise(dataset, ul2_pair, vocabulary.vocab_size)
     if objective == "span_corruption":
       raw_length, _ = random_spans_helper(inputs_length, noise_density,
                                           mean_noise_span_length)

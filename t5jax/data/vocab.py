@@ -5,6 +5,12 @@ no BOS, wrapped by seqio with 100 extra ids <extra_id_0..99> appended after
 the pieces, so that <extra_id_0> is the LAST id (32099 for 32000 pieces).
 The official spiece.model has exactly this layout, so a user can point
 get_vocabulary at it and everything downstream is unchanged.
+
+get_vocabulary("byte") is ByT5's byte-level vocabulary instead (seqio's
+ByteVocabulary): pad=0, eos=1, unk=2, UTF-8 byte b is id b + 3 (ids 3..258),
+then ByT5's 125 extra ids, so vocab_size is 384 and the sentinels count down
+from the top as for T5: <extra_id_0> = 383, <extra_id_1> = 382 (as in HF's
+ByT5 tokenizer). See docs/t5_facts.md, "ByT5 byte vocabulary".
 """
 
 import os
@@ -19,6 +25,24 @@ from t5jax.errors import MissingFileError, UsageError
 
 T5_EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+# get_vocabulary("byte"): ByT5's byte vocabulary with its 125 extra ids.
+BYTE_VOCABULARY = "byte"
+BYT5_EXTRA_IDS = 125
+BYTE_OFFSET = 3  # id of UTF-8 byte b is b + BYTE_OFFSET (after pad/eos/unk)
+
+
+def is_byte_vocabulary(vocabulary) -> bool:
+  return isinstance(vocabulary, seqio.ByteVocabulary)
+
+
+def get_byte_vocabulary(extra_ids: int = BYT5_EXTRA_IDS
+                        ) -> seqio.ByteVocabulary:
+  """ByT5's vocabulary: 3 special ids, 256 bytes, extra_ids sentinels.
+
+  With the default 125 extra ids vocab_size is 384 (ByT5's embedding size),
+  and sentinel i is 383 - i.
+  """
+  return seqio.ByteVocabulary(extra_ids=extra_ids)
 
 
 def train_vocab(corpus_files: str | Sequence[str], output_dir: str,
@@ -76,17 +100,21 @@ def train_vocab(corpus_files: str | Sequence[str], output_dir: str,
 
 def get_vocabulary(spm_path: str | None = None, *,
                    extra_ids: int = T5_EXTRA_IDS, vocab_size: int = 32000,
-                   cache_dir: str | None = None) -> seqio.SentencePieceVocabulary:
+                   cache_dir: str | None = None) -> seqio.Vocabulary:
   """Returns a seqio SentencePieceVocabulary with T5's 100 extra ids.
 
   Args:
     spm_path: a SentencePiece .model, e.g. T5's official spiece.model. When
       None, a model with vocab_size pieces is trained (once, then cached) on
-      the default corpus, see corpus.default_corpus.
+      the default corpus, see corpus.default_corpus. "byte": ByT5's byte
+      vocabulary (get_byte_vocabulary, 125 extra ids; extra_ids and
+      vocab_size are ignored), nothing is trained.
     extra_ids: sentinel ids appended after the pieces.
     vocab_size: pieces to train when spm_path is None.
     cache_dir: cache for the default corpus and trained model.
   """
+  if spm_path == BYTE_VOCABULARY:
+    return get_byte_vocabulary()
   if spm_path is None:
     cache_dir = cache_dir or corpus_lib.DEFAULT_CACHE_DIR
     spm_path = train_vocab(corpus_lib.default_corpus(cache_dir), cache_dir,
@@ -94,7 +122,8 @@ def get_vocabulary(spm_path: str | None = None, *,
   if not os.path.isfile(spm_path):
     raise MissingFileError(
         f"SentencePiece model {spm_path!r} not found; pass the path of a "
-        ".model file (e.g. T5's spiece.model) or None to train one")
+        ".model file (e.g. T5's spiece.model), \"byte\" for ByT5's byte "
+        "vocabulary, or None to train one")
   vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
   if vocab.pad_id != PAD_ID or vocab.eos_id != EOS_ID:
     raise UsageError(
