@@ -39,14 +39,13 @@ import os
 import sys
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from t5jax import losses, optim, partitioning, train_step as ts
 from t5jax.config import PRESETS, get_config
-from t5jax.model import abstract_params
+from t5jax.model import param_shapes
 
 GIB = 2 ** 30
 H100_USABLE_GIB = 78.0
@@ -65,7 +64,7 @@ def _tree_bytes(tree) -> int:
 
 def state_bytes(config, optimizer: optim.OptimizerConfig = optim.OptimizerConfig()) -> dict:
   """Exact bytes of float32 params, optimizer state and gradients (nothing allocated)."""
-  params = flax.linen.meta.unbox(abstract_params(config))
+  params = param_shapes(config)
   opt_state = jax.eval_shape(optim.make_optimizer(optimizer).init, params)
   p = _tree_bytes(params)
   num_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
@@ -225,7 +224,7 @@ def largest_batch(fixed: float, per_seq: float, budget: float) -> int:
 
 
 def table(calibration: dict | None, input_len: int, target_len: int, budget_gib: float,
-          margin: float) -> str:
+          margin: float, presets=TABLE_PRESETS) -> str:
   budget = budget_gib * (1 - margin) * GIB
   head = "| preset | params | param+opt+grad GiB |"
   sep = "|---|---:|---:|"
@@ -234,7 +233,7 @@ def table(calibration: dict | None, input_len: int, target_len: int, budget_gib:
              "| max batch (none) | max batch (full) |")
     sep += "---:|---:|---:|---:|---:|"
   lines = [head, sep]
-  for name in TABLE_PRESETS:
+  for name in presets:
     cfg = get_config(name, dtype="bfloat16")
     s = state_bytes(cfg)
     cells = [name, f"{s['num_params'] / 1e6:,.0f}M", f"{s['total'] / GIB:.2f}"]
@@ -260,7 +259,13 @@ def main(argv=None) -> int:
   p.add_argument("--margin", type=float, default=0.10,
                  help="fraction of the budget kept free for allocator fragmentation")
   p.add_argument("--cache", help="JSON file keeping XLA's measured points (reused if present)")
+  p.add_argument("--presets", default=",".join(TABLE_PRESETS),
+                 help="comma-separated presets of the table (default: all but tiny)")
   args = p.parse_args(argv)
+  presets = args.presets.split(",")
+  unknown = [n for n in presets if n not in PRESETS]
+  if unknown:
+    p.error(f"--presets: unknown {', '.join(unknown)}; known: {', '.join(TABLE_PRESETS)}")
   print(f"jax {jax.__version__}, backend {jax.default_backend()}; Adafactor "
         f"(t5jax.optim defaults), bf16 activations, float32 params; "
         f"{args.inputs}/{args.targets}; budget {args.budget_gib:g} GiB - {args.margin:.0%}")
@@ -277,7 +282,7 @@ def main(argv=None) -> int:
           f"{calibration['fixed_per_param']:.2f} bytes/param; "
           f"calibration took {calibration['seconds']:.0f} s")
   print()
-  print(table(calibration, args.inputs, args.targets, args.budget_gib, args.margin))
+  print(table(calibration, args.inputs, args.targets, args.budget_gib, args.margin, presets))
   return 0
 
 

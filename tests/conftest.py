@@ -9,6 +9,21 @@ os.environ.setdefault("USE_TF", "0")  # transformers: PyTorch only
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# XLA's persistent compilation cache, fresh for each test session (never reused across
+# sessions, so nothing stale can leak in): many tests compile the very same tiny train
+# step, and the trainer scripts the tests start inherit the cache through the environment.
+# T5JAX_TEST_COMPILE_CACHE=0 turns it off.
+if (os.environ.get("T5JAX_TEST_COMPILE_CACHE", "1") != "0"
+    and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+  import atexit
+  import shutil
+  import tempfile
+  _cache = tempfile.mkdtemp(prefix="t5jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 
 import pytest  # noqa: E402
 

@@ -269,15 +269,16 @@ UL2_MODES = ("[NLU]", "[NLG]", "[S2S]")
 
 # The paper's seven denoisers: R (regular span corruption), X (extreme: long
 # spans or high rates), S (sequential: prefix LM, the last 25% is the
-# target). S takes 20% of the mixture, the six R/X denoisers share the rest
-# equally.
+# target). Rates: S 20%, and R and X 40% each, split equally within the group
+# (R 20% each, X 10% each), the split UL2-style configs give UL2's published
+# `ul2_objective` preprocessor (it takes one rate per denoiser).
 UL2_DENOISERS = (
-    Denoiser("R1", "[NLU]", 0.15, 3.0, 0.8 / 6),
-    Denoiser("R2", "[NLU]", 0.15, 8.0, 0.8 / 6),
-    Denoiser("X1", "[NLG]", 0.5, 3.0, 0.8 / 6),
-    Denoiser("X2", "[NLG]", 0.5, 8.0, 0.8 / 6),
-    Denoiser("X3", "[NLG]", 0.15, 64.0, 0.8 / 6),
-    Denoiser("X4", "[NLG]", 0.5, 64.0, 0.8 / 6),
+    Denoiser("R1", "[NLU]", 0.15, 3.0, 0.4 / 2),
+    Denoiser("R2", "[NLU]", 0.15, 8.0, 0.4 / 2),
+    Denoiser("X1", "[NLG]", 0.5, 3.0, 0.4 / 4),
+    Denoiser("X2", "[NLG]", 0.5, 8.0, 0.4 / 4),
+    Denoiser("X3", "[NLG]", 0.15, 64.0, 0.4 / 4),
+    Denoiser("X4", "[NLG]", 0.5, 64.0, 0.4 / 4),
     Denoiser("S", "[S2S]", 0.25, None, 0.2),
 )
 
