@@ -29,6 +29,7 @@ from t5jax.model import unscan_params
 
 DEFAULT_TASK = "default_corpus_span_corruption"
 LOCAL_CORPUS_TASK = "local_corpus"
+LOCAL_PAIRS_TASK = "local_pairs"
 
 
 @gin.configurable(module="t5jax")
@@ -58,6 +59,21 @@ class DataConfig:
   eval_split: str = "validation"
   eval_batches: int = 4  # batches of the eval split per evaluation
   eval_examples: int | None = 256  # examples decoded per evaluation (tasks with metrics)
+  # How the mixtures (glue, super_glue, large_supervised, ...) sample their tasks
+  # (t5jax.data.mixing): 'proportional' = min(n, cap), 'equal', or 'temperature' =
+  # min(n, cap) ** (1 / mixing_temperature); n: a task's training examples.
+  mixing: str = "proportional"
+  mixing_cap: int = 2 ** 19
+  mixing_temperature: float = 1.0
+  # task='local_pairs': (input, target) pairs in a .tsv (input<TAB>target) or .jsonl file
+  # (the two pairs_keys of an object a line); without pairs_validation every 100th pair is
+  # held out. pairs_prefix (e.g. 'summarize:') is put before each input with a space;
+  # pairs_metric: 'exact_match', 'rouge', 'bleu', 'squad' or 'none' (t5jax.data.PAIRS_METRICS).
+  pairs_train: str | None = None
+  pairs_validation: str | None = None
+  pairs_prefix: str = ""
+  pairs_metric: str = "exact_match"
+  pairs_keys: tuple[str, str] = ("inputs", "targets")
 
 
 @gin.configurable(module="t5jax")
@@ -132,23 +148,39 @@ def prepare_task(data: DataConfig):
                        "folders, e.g. --gin.DataConfig.corpus=\"('my_corpus/',)\".")
     data_lib.register_local_corpus_task(LOCAL_CORPUS_TASK, list(data.corpus), vocabulary,
                                         doc_per=data.doc_per, **objective)
+  elif data.task == LOCAL_PAIRS_TASK:
+    if not data.pairs_train:
+      raise UsageError("DataConfig.task='local_pairs' needs DataConfig.pairs_train: a .tsv "
+                       "(input<TAB>target) or .jsonl file, e.g. "
+                       "--gin.DataConfig.pairs_train=\"'train.tsv'\".")
+    # Reads and checks the files now, so bad rows are reported before training.
+    data_lib.register_pairs_task(LOCAL_PAIRS_TASK, vocabulary, data.pairs_train,
+                                 data.pairs_validation, prefix=data.pairs_prefix,
+                                 metric=data.pairs_metric, keys=tuple(data.pairs_keys))
   else:
-    register_tfds_tasks(vocabulary)
+    register_tfds_tasks(vocabulary, mixing=data.mixing, mixing_cap=data.mixing_cap,
+                        mixing_temperature=data.mixing_temperature)
   return vocabulary, data.task
 
 
-def register_tfds_tasks(vocabulary) -> None:
-  """C4 span corruption and every GLUE / SuperGLUE task and mixture, over `vocabulary`."""
+def register_tfds_tasks(vocabulary, *, mixing: str = "proportional", mixing_cap: int = 2 ** 19,
+                        mixing_temperature: float = 1.0) -> None:
+  """C4 span corruption, every GLUE / SuperGLUE task, the summarisation, translation and
+  SQuAD tasks, and their mixtures at the `mixing` strategy's rates, over `vocabulary`."""
   from t5jax import data as data_lib
   data_lib.register_c4_task(vocabulary)
-  data_lib.register_glue_tasks(vocabulary)
+  data_lib.register_glue_tasks(vocabulary, rate_cap=mixing_cap, mixing=mixing,
+                               temperature=mixing_temperature)
+  data_lib.register_text_tasks(vocabulary, mixing=mixing, cap=mixing_cap,
+                               temperature=mixing_temperature)
 
 
 def _library_task_names() -> set[str]:
   """What prepare_task can register, known without registering anything."""
   from t5jax import data as data_lib
-  return {DEFAULT_TASK, LOCAL_CORPUS_TASK, data_lib.C4_TASK, *data_lib.GLUE_TASKS,
-          *data_lib.SUPER_GLUE_TASKS, data_lib.GLUE_MIXTURE, data_lib.SUPER_GLUE_MIXTURE}
+  return {DEFAULT_TASK, LOCAL_CORPUS_TASK, LOCAL_PAIRS_TASK, data_lib.C4_TASK,
+          *data_lib.GLUE_TASKS, *data_lib.SUPER_GLUE_TASKS, data_lib.GLUE_MIXTURE,
+          data_lib.SUPER_GLUE_MIXTURE, *data_lib.TEXT_TASKS, *data_lib.TEXT_MIXTURES}
 
 
 def _check_task_name(task: str) -> None:
@@ -166,6 +198,8 @@ def _check_task_name(task: str) -> None:
 CORPUS_TASKS = {  # described, not built: building needs the corpus and a vocabulary
     DEFAULT_TASK: "the built-in default corpus (docs of the installed Python packages)",
     LOCAL_CORPUS_TASK: "the text files of DataConfig.corpus (every 100th document: validation)",
+    LOCAL_PAIRS_TASK: "the (input, target) pairs of DataConfig.pairs_train (.tsv or .jsonl) "
+                      "and pairs_validation",
 }
 
 

@@ -20,3 +20,7 @@ from t5jax.data.tasks import register_local_corpus_task
 from t5jax.data.vocab import get_vocabulary, train_vocab
 from t5jax.data.glue import GLUE_MIXTURE, GLUE_TASKS, SUPER_GLUE_MIXTURE
 from t5jax.data.glue import SUPER_GLUE_TASKS, register_glue_tasks
+from t5jax.data.mixing import MIXING_STRATEGIES
+from t5jax.data.pairs import PAIRS_METRICS, PairsError, register_pairs_task
+from t5jax.data.text_tasks import TEXT_TASKS, register_text_tasks
+from t5jax.data.text_tasks import MIXTURES as TEXT_MIXTURES

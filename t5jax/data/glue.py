@@ -18,7 +18,8 @@ TFDS names are glue/<task> and super_glue/<task>; the data_dir comes from
 make_batch_iterator(data_dir=...).
 
 Mixtures (T5's glue_v002_proportional / super_glue_v102_proportional): the
-training tasks at examples-proportional rates, plus the tasks that are only
+training tasks at examples-proportional rates (or equal / temperature-scaled:
+t5jax.data.mixing, DataConfig.mixing), plus the tasks that are only
 evaluated: MNLI's two dev sets (mnli_matched, mnli_mismatched; glue_mnli's
 own splits are train / validation_matched / ...), SuperGLUE's wsc_eval, and
 the diagnostics (ax, axb, axg; test split only). `scoring_note` says which
@@ -35,6 +36,7 @@ import seqio
 import tensorflow as tf
 
 from t5jax.data import metrics
+from t5jax.data import mixing as mixing_lib
 from t5jax.data import tasks as tasks_lib
 
 NLI3 = ("entailment", "neutral", "contradiction")
@@ -108,7 +110,7 @@ GLUE_TASKS = tuple(f"glue_{n}" for n in (*_GLUE, "stsb"))
 SUPER_GLUE_TASKS = tuple(f"super_glue_{n}" for n in (*_SUPER_GLUE, "record",
                                                      "wsc", "wsc_eval"))
 GLUE_MIXTURE, SUPER_GLUE_MIXTURE = "glue", "super_glue"
-DEFAULT_RATE_CAP = 2 ** 19
+DEFAULT_RATE_CAP = mixing_lib.DEFAULT_CAP
 # Tasks in a mixture only to be evaluated (no train split, or one not to train
 # on): T5 gives them rate 0. MNLI's dev sets get half of MNLI's rate each
 # instead, so the mixture's validation loss covers MNLI as training does.
@@ -346,9 +348,16 @@ def _register(name, vocabulary, tfds_name, text_steps, metric_fns,
 
 
 def register_glue_tasks(vocabulary: seqio.Vocabulary, *,
-                        rate_cap: int = DEFAULT_RATE_CAP) -> None:
+                        rate_cap: int = DEFAULT_RATE_CAP,
+                        mixing: str = mixing_lib.DEFAULT_STRATEGY,
+                        temperature: float = mixing_lib.DEFAULT_TEMPERATURE
+                        ) -> None:
   """Registers every GLUE/SuperGLUE task and the `glue`, `super_glue`
-  mixtures (examples-proportional, each task's rate capped at rate_cap)."""
+  mixtures, their training tasks at the rates of the `mixing` strategy
+  (t5jax.data.mixing; default examples-proportional, each task's rate capped
+  at rate_cap). Eval-only tasks get rate 0, but MNLI's dev sets half of
+  MNLI's rate each (EVAL_ONLY)."""
+  mixing_lib.check_mixing(mixing, rate_cap, temperature)
   for prefix, table in (("glue", _GLUE), ("super_glue", _SUPER_GLUE)):
     for short, (tfds_name, benchmark, keys, labels, fns, *splits) in \
         table.items():
@@ -371,11 +380,11 @@ def register_glue_tasks(vocabulary: seqio.Vocabulary, *,
             wsc_postprocess)
   for mixture, names in ((GLUE_MIXTURE, GLUE_TASKS),
                          (SUPER_GLUE_MIXTURE, SUPER_GLUE_TASKS)):
-    if mixture in seqio.MixtureRegistry.names():
-      seqio.MixtureRegistry.remove(mixture)
-    rates = [(n, min(TRAIN_SIZES[n], rate_cap)) for n in names
-             if n in TRAIN_SIZES]
-    mnli = min(TRAIN_SIZES["glue_mnli"], rate_cap) / 2
+    rates = mixing_lib.mixture_rates(
+        {n: TRAIN_SIZES[n] for n in names if n in TRAIN_SIZES},
+        strategy=mixing, cap=rate_cap, temperature=temperature)
+    mnli = mixing_lib.task_rate(TRAIN_SIZES["glue_mnli"], mixing, rate_cap,
+                                temperature) / 2
     rates += [(n, mnli if n.startswith("glue_mnli_") else 0.0)
               for n in EVAL_ONLY[mixture]]
-    seqio.MixtureRegistry.add(mixture, rates)
+    mixing_lib.add_mixture(mixture, rates)

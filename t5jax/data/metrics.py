@@ -1,4 +1,5 @@
-"""The metrics T5 reports for GLUE and SuperGLUE, in numpy/scipy.
+"""The metrics T5 reports: GLUE and SuperGLUE (numpy/scipy), SQuAD, and the
+generation metrics ROUGE (rouge-score) and BLEU (sacreBLEU) with T5's settings.
 
 Each metric has seqio's signature metric(targets, predictions) -> {name:
 value} with values in percent, as T5 reports them. Targets and predictions
@@ -126,3 +127,76 @@ def record_em_f1(targets, predictions):
     preds.setdefault(key, p["value"])
   keys = list(golds)
   return squad_em_f1([sorted(golds[k]) for k in keys], [preds[k] for k in keys])
+
+
+def squad(targets, predictions):
+  """SQuAD v1.1 (T5's metrics.squad): {"em", "f1"} in percent, each the max
+  over a question's gold answers (targets: lists of strings), with SQuAD's
+  answer normalisation (normalize_answer)."""
+  return squad_em_f1([[_text(t)] if isinstance(t, (str, bytes)) else
+                      [_text(a) for a in t] for t in targets],
+                     [_text(p) for p in predictions])
+
+
+def exact_match(targets, predictions):
+  """Percent of predictions equal to their target string (T5's
+  sequence_accuracy): for free-text tasks whose answer is one exact string."""
+  same = [_text(t) == _text(p) for t, p in zip(targets, predictions)]
+  return {"exact_match": 100.0 * float(np.mean(same)) if same else 0.0}
+
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum")
+
+
+def _rouge_sentences(summary: str) -> str:
+  # As T5 (_prepare_summary_rouge): a newline after each " . " so rougeLsum,
+  # which splits summaries on newlines, sees sentences in space-tokenised text.
+  return summary.replace(" . ", " .\n")
+
+
+def rouge(targets, predictions, score_keys=ROUGE_KEYS, seed: int = 0):
+  """ROUGE F-measures in percent as T5 reports them (t5.evaluation.metrics.rouge):
+  rouge-score's RougeScorer (no stemming), sentences split at " . " for
+  rougeLsum, and the middle (median) of a 1000-sample BootstrapAggregator.
+
+  T5's bootstrap draws from numpy's global generator, so its numbers vary
+  from run to run in the last digits; here the draw is seeded (`seed`) and
+  the global generator's state restored, so an eval is reproducible.
+  """
+  from rouge_score import rouge_scorer, scoring  # noqa: PLC0415
+  scorer = rouge_scorer.RougeScorer(rouge_types=list(score_keys))
+  aggregator = scoring.BootstrapAggregator()
+  for target, prediction in zip(targets, predictions):
+    aggregator.add_scores(scorer.score(
+        target=_rouge_sentences(_text(target)),
+        prediction=_rouge_sentences(_text(prediction))))
+  state = np.random.get_state()
+  np.random.seed(seed)
+  try:
+    result = aggregator.aggregate()
+  finally:
+    np.random.set_state(state)
+  return {key: 100.0 * float(result[key].mid.fmeasure) for key in score_keys}
+
+
+def bleu(targets, predictions, tokenize: str = "intl"):
+  """Corpus BLEU as T5 computes it (t5.evaluation.metrics.bleu): sacreBLEU's
+  corpus_bleu with exponential smoothing, the "intl" (Unicode-aware
+  punctuation) tokeniser, case-sensitive, no effective order. targets: one
+  reference string per prediction, or a list of references each."""
+  import sacrebleu  # noqa: PLC0415
+  if targets and isinstance(targets[0], (list, tuple)):
+    refs = [[_text(r) for r in t] for t in targets]
+    # sacreBLEU wants one stream per reference position.
+    refs = [list(stream) for stream in zip(*refs)]
+  else:
+    refs = [[_text(t) for t in targets]]
+  score = sacrebleu.corpus_bleu(
+      [_text(p) for p in predictions], refs, smooth_method="exp",
+      smooth_value=0.0, force=False, lowercase=False, tokenize=tokenize,
+      use_effective_order=False)
+  return {"bleu": float(score.score)}
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
