@@ -1,12 +1,21 @@
-"""Decoding throughput: t5jax cached greedy / beam-4 vs HF transformers' generate.
+"""Decoding throughput: t5jax cached greedy / beam-4 vs HF transformers' generate and
+CTranslate2 (float32 and int8), the fastest CPU engine for T5.
 
     .venv/bin/python benchmarks/bench_decode.py [--preset t5.1.0-small] [--batch 4]
         [--input_len 256] [--new_tokens 64] [--repeats 5] [--dtype float32,bfloat16]
+        [--no_hf] [--no_ct2]
 
-Same random weights (t5jax params exported to HF), same inputs, same machine,
-one run, the two sides' calls interleaved (medians of --repeats each). New tokens
-are counted as batch * new_tokens (EOS is suppressed by banning EOS until the
-last token on both sides).
+Same random weights (t5jax params exported to HF; CTranslate2 converts that very HF
+folder), same inputs, same machine, one run, all engines' calls interleaved (medians
+of --repeats each). New tokens are counted as batch * new_tokens (EOS is suppressed
+by banning EOS until the last token on every side: min_new_tokens for HF,
+min_decoding_length for CTranslate2). Before timing, the float32 greedy tokens of
+every engine are compared with t5jax's; a mismatch stops the benchmark.
+
+CTranslate2 needs no tokenizer: `_ct2_convert` gives its converter numbered token
+strings ("<pad>", "</s>", "<unk>", "t3", "t4", ...), and the inputs are passed as
+those strings. Its rows are float32 and int8 (CTranslate2's weight quantization,
+per output channel, with int8 x int8 matmuls), run with one thread per core.
 
 bfloat16 rows: t5jax with `dtype='bfloat16'` (matmul weights cast to bf16 once,
 `prepare_params`, float32 accumulation, norms / softmax / logits in float32) against
@@ -43,6 +52,37 @@ def _time_side_by_side(fns, repeats):
   return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _ct2_tokens(vocab_size):
+  """Token strings for CTranslate2, one per id: T5's three specials, then "t<id>"."""
+  return ["<pad>", "</s>", "<unk>"] + [f"t{i}" for i in range(3, vocab_size)]
+
+
+def _ct2_convert(hf_dir, out_dir, quantization):
+  """CTranslate2's own T5 converter on an HF folder that has no tokenizer."""
+  import ctranslate2
+
+  class NumberedTokens:  # the part of a tokenizer the T5 loader reads
+    pad_token, eos_token, unk_token = "<pad>", "</s>", "<unk>"
+
+    def __init__(self, vocab_size):
+      self.tokens = _ct2_tokens(vocab_size)
+
+    def get_vocab(self):
+      return {t: i for i, t in enumerate(self.tokens)}
+
+    def convert_ids_to_tokens(self, i):
+      return self.tokens[i]
+
+  class Converter(ctranslate2.converters.TransformersConverter):
+    def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+      import transformers
+      config = transformers.AutoConfig.from_pretrained(model_name_or_path)
+      return NumberedTokens(config.vocab_size)
+
+  Converter(hf_dir).convert(out_dir, quantization=quantization, force=True)
+  return out_dir
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default="t5.1.0-small")
@@ -52,7 +92,14 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
   parser.add_argument("--no_hf", action="store_true", help="skip the HF peer")
+  parser.add_argument("--no_ct2", action="store_true", help="skip the CTranslate2 peers")
   args = parser.parse_args(argv)
+  if not args.no_ct2:
+    try:
+      import ctranslate2  # noqa: F401
+    except ImportError:
+      print("ctranslate2 is not installed: its rows are skipped (pip install ctranslate2)")
+      args.no_ct2 = True
 
   from t5jax.config import get_config
   from t5jax.decoding import DecodeConfig, decode, prepare_params
@@ -71,29 +118,70 @@ def main(argv=None):
     prepared = prepare_params(params, config)  # once, as HF's model.to(dtype) below
     return lambda: jax.block_until_ready(decode(prepared, config, enc, cfg).tokens)
 
-  hf_float32 = None
-  if not args.no_hf:
+  hf_float32, ct2 = None, {}
+  on_gpu = jax.devices()[0].platform == "gpu"
+  if not args.no_hf or not args.no_ct2:
     import copy
     import torch
     import transformers
     from t5jax.conversion.hf import save_hf
     torch.set_num_threads(os.cpu_count())
     # On a GPU machine HF runs on the GPU too (when this torch has CUDA).
-    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
       save_hf(tmp, base, params)
-      hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval().to(device)
+      if not args.no_hf:
+        hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval().to(device)
+      if not args.no_ct2:
+        import ctranslate2
+        ct2_device = "cuda" if on_gpu and ctranslate2.get_cuda_device_count() else "cpu"
+        for quantization in ("float32", "int8"):
+          model_dir = _ct2_convert(tmp, os.path.join(tmp, f"ct2_{quantization}"), quantization)
+          ct2[quantization] = ctranslate2.Translator(
+              model_dir, device=ct2_device, compute_type=quantization,
+              intra_threads=0 if ct2_device == "cuda" else os.cpu_count())
     ids = torch.tensor(enc, dtype=torch.long, device=device)
+  source = [[_ct2_tokens(base.vocab_size)[i] for i in row] for row in enc.tolist()]
+  ct2_ids = {t: i for i, t in enumerate(_ct2_tokens(base.vocab_size))}
 
-    def theirs(hf, beams):
-      def run():
-        with torch.no_grad():
-          hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                      num_beams=beams, max_new_tokens=args.new_tokens,
-                      min_new_tokens=args.new_tokens, length_penalty=0.0)
-        if device == "cuda":
-          torch.cuda.synchronize()
-      return run
+  def ct2_decode(translator, beams):
+    out = translator.translate_batch(
+        source, beam_size=beams, max_decoding_length=args.new_tokens,
+        min_decoding_length=args.new_tokens, length_penalty=0.0, max_input_length=0)
+    return np.array([[ct2_ids[t] for t in r.hypotheses[0]] for r in out])
+
+  def theirs(hf, beams):
+    def run():
+      with torch.no_grad():
+        hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                    num_beams=beams, max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens, length_penalty=0.0)
+      if device == "cuda":
+        torch.cuda.synchronize()
+    return run
+
+  # The engines agree before anything is timed: float32 greedy, EOS suppressed.
+  cfg = DecodeConfig(max_decode_length=args.new_tokens, min_decode_length=args.new_tokens)
+  want = np.asarray(decode(prepare_params(params, base), base, enc, cfg).tokens[:, 0])
+  agree = {}
+  if hf_float32 is not None:
+    with torch.no_grad():
+      got = hf_float32.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                do_sample=False, num_beams=1, max_new_tokens=args.new_tokens,
+                                min_new_tokens=args.new_tokens).cpu().numpy()[:, 1:]
+    agree["hf"] = got
+  if "float32" in ct2:
+    agree["ct2"] = ct2_decode(ct2["float32"], 1)
+  for side, got in agree.items():
+    assert np.array_equal(got, want), (
+        f"{side} float32 greedy tokens differ from t5jax's: first rows\n{got[:2, :16]}\n"
+        f"{want[:2, :16]}")
+  if agree:
+    print(f"float32 greedy tokens identical: t5jax, {', '.join(agree)} "
+          f"({want.shape[0]} x {want.shape[1]} tokens)")
+
+  def ct2_fn(translator, beams):
+    return lambda: ct2_decode(translator, beams)
 
   results = {}
   for dtype in args.dtype.split(","):
@@ -104,6 +192,8 @@ def main(argv=None):
       fns = {"t5jax": ours(config, method, beams)}
       if hf_float32 is not None:
         fns["hf"] = theirs(hf, beams)
+      if dtype == "float32":  # CTranslate2's rows ride along with the float32 ones
+        fns.update({f"ct2-{q}": ct2_fn(t, beams) for q, t in ct2.items()})
       seconds = _time_side_by_side(fns, args.repeats)
       results[dtype, name] = {side: n_tokens / s for side, s in seconds.items()}
       print("  " + ", ".join(f"{side} {dtype} {name}: {rate:.1f} tokens/s"
@@ -112,13 +202,24 @@ def main(argv=None):
   print(f"\nDecoding {args.preset}, batch {args.batch}, {args.input_len} input tokens, "
         f"{args.new_tokens} new tokens ({jax.devices()[0].platform}: "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores)")
-  print("| dtype | method | t5jax tokens/s | HF generate tokens/s | t5jax / HF |")
-  print("|---|---|---:|---:|---:|")
+  print("| dtype | method | t5jax tokens/s | HF generate tokens/s | t5jax / HF |"
+        " CTranslate2 float32 | t5jax / CT2 f32 | CTranslate2 int8 | t5jax / CT2 int8 |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+  best = {name: max(r["t5jax"] for (_, n), r in results.items() if n == name)
+          for _, name in results}
   for (dtype, name), r in results.items():
-    hf_rate = r.get("hf")
-    ratio = f"{r['t5jax'] / hf_rate:.2f}x" if hf_rate else "-"
-    hf_text = f"{hf_rate:.1f}" if hf_rate else "-"
-    print(f"| {dtype} | {name} | {r['t5jax']:.1f} | {hf_text} | {ratio} |")
+    cells = [dtype, name, f"{r['t5jax']:.1f}"]
+    for side in ("hf", "ct2-float32", "ct2-int8"):
+      # CTranslate2 is timed with the float32 rows; the other dtypes compare with those.
+      rate = r.get(side) if side == "hf" else results.get(("float32", name), {}).get(side)
+      cells += [f"{rate:.1f}", f"{r['t5jax'] / rate:.2f}x"] if rate else ["-", "-"]
+    print("| " + " | ".join(cells) + " |")
+  if ct2:
+    for name, rate in best.items():
+      ct2_int8 = results[("float32", name)].get("ct2-int8")
+      if ct2_int8:
+        print(f"{name}: fastest t5jax {rate:.1f} tokens/s vs CTranslate2 int8 {ct2_int8:.1f}: "
+              f"{rate / ct2_int8:.2f}x")
   return results
 
 

@@ -112,12 +112,12 @@ tests() {
 if [ "$dry" = 1 ]; then
   train_args=(--presets tiny --batch 2 --input_len 32 --target_len 8 --dtype bfloat16
               --steps 1 --repeats 1 --warmup 1 --peak_n 256 --no_hf_flax --no_write)
-  decode_args=(--preset tiny --batch 2 --input_len 16 --new_tokens 4 --repeats 1
+  decode_args=(--no_ct2 --preset tiny --batch 2 --input_len 16 --new_tokens 4 --repeats 1
                --dtype float32)
   memory_args=(--no_calibrate --inputs 32 --targets 8 --presets t5.1.1-small,t5.1.1-base)
 else
   train_args=(--gpu --no_hf_flax --steps 5 --repeats 3 --no_write)
-  decode_args=(--preset t5.1.1-base --batch 32 --input_len 512 --new_tokens 64 --repeats 2
+  decode_args=(--no_ct2 --preset t5.1.1-base --batch 32 --input_len 512 --new_tokens 64 --repeats 2
                --dtype bfloat16)
   # T5.1.0 / T5.1.1 only: ~1.5 s a preset, and the whole table would pass the step's limit
   memory_args=(--no_calibrate --presets "$(printf '%s,' t5.1.0-{small,base,large,3b,11b} \

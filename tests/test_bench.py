@@ -1,5 +1,5 @@
 """Smoke tests of benchmarks/bench_train.py (the real main on the tiny preset, one
-step) and bench_decode.py (tiny, a few tokens, side by side with HF generate).
+step) and bench_decode.py (tiny, a few tokens, side by side with HF generate and CTranslate2).
 
 Keeps `make bench` working; the HF Flax peer is skipped (slow to compile) and
 the HF PyTorch peer runs only where torch and transformers are installed.
@@ -46,8 +46,13 @@ def test_jnp_clip_shim_accepts_numpy_names():
 def test_bench_decode_tiny(capsys):
   bench = load_benchmark("bench_decode")
   results = bench.main(["--preset", "tiny", "--batch", "2", "--input_len", "8",
-                        "--new_tokens", "3", "--repeats", "1", "--dtype", "bfloat16"])
-  assert set(results) == {("bfloat16", "greedy"), ("bfloat16", "beam-4")}
+                        "--new_tokens", "3", "--repeats", "1", "--dtype", "float32,bfloat16"])
+  assert set(results) == {(d, m) for d in ("float32", "bfloat16") for m in ("greedy", "beam-4")}
   for rates in results.values():
     assert rates["t5jax"] > 0 and rates["hf"] > 0
-  assert "| bfloat16 | greedy |" in capsys.readouterr().out
+  for method in ("greedy", "beam-4"):  # CTranslate2 rides with the float32 rows
+    assert results["float32", method]["ct2-float32"] > 0
+    assert results["float32", method]["ct2-int8"] > 0
+  out = capsys.readouterr().out
+  assert "float32 greedy tokens identical: t5jax, hf, ct2" in out
+  assert "| bfloat16 | greedy |" in out
