@@ -117,7 +117,8 @@ def cmd_tasks(args) -> int:
   print(f"Tasks and mixtures for DataConfig.task (sizes: TFDS data in {where}):")
   for e in entries:
     if e["kind"] == "mixture":
-      detail = f"mixture of {len(e['tasks'])} tasks: {', '.join(e['tasks'])}"
+      names = e["tasks"] if len(e["tasks"]) <= 16 else e["tasks"][:8] + ["..."]
+      detail = f"mixture of {len(e['tasks'])} tasks: {', '.join(names)}"
     else:
       sizes = e["splits"]
       if all(n is None for n in sizes.values()):

@@ -166,13 +166,16 @@ def prepare_task(data: DataConfig):
 def register_tfds_tasks(vocabulary, *, mixing: str = "proportional", mixing_cap: int = 2 ** 19,
                         mixing_temperature: float = 1.0) -> None:
   """C4 span corruption, every GLUE / SuperGLUE task, the summarisation, translation and
-  SQuAD tasks, and their mixtures at the `mixing` strategy's rates, over `vocabulary`."""
+  SQuAD tasks, mC4's languages, and their mixtures at the `mixing` strategy's rates, over
+  `vocabulary`."""
   from t5jax import data as data_lib
   data_lib.register_c4_task(vocabulary)
   data_lib.register_glue_tasks(vocabulary, rate_cap=mixing_cap, mixing=mixing,
                                temperature=mixing_temperature)
   data_lib.register_text_tasks(vocabulary, mixing=mixing, cap=mixing_cap,
                                temperature=mixing_temperature)
+  data_lib.register_mc4_tasks(vocabulary, mixing=mixing, cap=mixing_cap,
+                              temperature=mixing_temperature)
 
 
 def _library_task_names() -> set[str]:
@@ -180,7 +183,8 @@ def _library_task_names() -> set[str]:
   from t5jax import data as data_lib
   return {DEFAULT_TASK, LOCAL_CORPUS_TASK, LOCAL_PAIRS_TASK, data_lib.C4_TASK,
           *data_lib.GLUE_TASKS, *data_lib.SUPER_GLUE_TASKS, data_lib.GLUE_MIXTURE,
-          data_lib.SUPER_GLUE_MIXTURE, *data_lib.TEXT_TASKS, *data_lib.TEXT_MIXTURES}
+          data_lib.SUPER_GLUE_MIXTURE, *data_lib.TEXT_TASKS, *data_lib.TEXT_MIXTURES,
+          data_lib.MC4_MIXTURE, *map(data_lib.mc4_task_name, data_lib.mc4_languages())}
 
 
 def _check_task_name(task: str) -> None:
@@ -234,7 +238,7 @@ def list_tasks(data_dir: str | None = None) -> list[dict]:
                       splits={s: source.num_input_examples(s) for s in source.splits}))
     for name in sorted(seqio.MixtureRegistry.names()):
       mixture = seqio.MixtureRegistry.get(name)
-      out.append(dict(name=name, kind="mixture", source="examples-proportional mixture",
+      out.append(dict(name=name, kind="mixture", source="mixture (DataConfig.mixing)",
                       splits={}, tasks=[t.name for t in mixture.tasks]))
     return out
   finally:

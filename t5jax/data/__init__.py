@@ -16,6 +16,7 @@ from t5jax.data.objectives import random_spans_noise_mask, sentinel_id
 from t5jax.data.objectives import make_pair_fn, prefix_lm, span_corrupt
 from t5jax.data.tasks import C4_TASK, DEFAULT_CORPUS_TASK, register_c4_task
 from t5jax.data.tasks import register_default_corpus_task
+from t5jax.data.tasks import MC4_MIXTURE, mc4_languages, mc4_task_name, register_mc4_tasks
 from t5jax.data.tasks import register_local_corpus_task
 from t5jax.data.vocab import get_vocabulary, train_vocab
 from t5jax.data.glue import GLUE_MIXTURE, GLUE_TASKS, SUPER_GLUE_MIXTURE

@@ -8,6 +8,8 @@ suits corpora of up to a few GB; real pretraining data goes through C4/TFDS.
 
 C4 follows T5: TFDS c4/en (version 3.*), text -> targets, tokenise, objective,
 EOS. Its data_dir is set per call through make_batch_iterator(data_dir=...).
+mC4 follows mT5: one task per language of TFDS c4/multilingual (3.*), the same
+steps, and the `mc4` mixture over all of them.
 """
 
 import functools
@@ -27,6 +29,11 @@ from t5jax.errors import UsageError
 DEFAULT_CORPUS_TASK = "default_corpus_span_corruption"
 C4_TASK = "c4_span_corruption"
 C4_TFDS_NAME = "c4/en:3.*.*"
+MC4_TFDS_NAME = "c4/multilingual:3.*.*"
+MC4_MIXTURE = "mc4"
+# mT5 samples language L with probability proportional to |L| ** 0.3 (alpha = 0.3), i.e.
+# temperature 1 / 0.3 over the training-set sizes, with no cap: gin_configs/tasks/mc4.gin.
+MC4_TEMPERATURE = 1 / 0.3
 # Every 100th document of a local corpus is held out as "validation".
 VALIDATION_EVERY = 100
 
@@ -248,3 +255,56 @@ def register_c4_task(vocabulary: seqio.Vocabulary, *, name: str = C4_TASK,
                             mean_noise_span_length),
       ],
       output_features=output_features(vocabulary))
+
+
+def mc4_languages() -> tuple[str, ...]:
+  """The languages of TFDS c4/multilingual (mT5's 101, plus romanised variants and 'und')."""
+  from tensorflow_datasets.text import c4  # noqa: PLC0415 (the TFDS code only, no data)
+  return tuple(c4.MC4_LANGUAGES)
+
+
+def mc4_task_name(language: str) -> str:
+  return "mc4_" + language.replace("-", "_")
+
+
+def _mc4_rate(task, *, strategy, cap, temperature):
+  """A language's rate, from the training-set size TFDS records for it in the data_dir."""
+  from t5jax.data import mixing  # noqa: PLC0415
+  size = task.num_input_examples("train")
+  if size is None:
+    raise UsageError(
+        f"the mc4 mixture weights languages by their sizes, and TFDS has none for "
+        f"{task.name}: prepare {MC4_TFDS_NAME.split(':')[0]} in DataConfig.data_dir "
+        "(tfds build c4/multilingual --data_dir=DIR; very large, see the TFDS catalog), or "
+        "train on one language's task (e.g. DataConfig.task='mc4_de').")
+  return mixing.task_rate(size, strategy, cap, temperature)
+
+
+def register_mc4_tasks(vocabulary: seqio.Vocabulary, *, languages=None,
+                       mixing: str = "temperature", cap: int | float = 2 ** 62,
+                       temperature: float = MC4_TEMPERATURE, **objective) -> None:
+  """mT5's pretraining data: a span corruption task `mc4_<lang>` per mC4 language (train:
+  the language's split, validation: '<lang>-validation'), and the `mc4` mixture of all of
+  them at `mixing`'s rates over each language's training-set size (mT5: temperature 1/0.3,
+  no cap). The sizes are read from the prepared dataset when the mixture is first used, so
+  registering reads no data."""
+  from t5jax.data import mixing as mixing_lib  # noqa: PLC0415
+  mixing_lib.check_mixing(mixing, cap, temperature)
+  languages = mc4_languages() if languages is None else tuple(languages)
+  for language in languages:
+    register_task(
+        mc4_task_name(language),
+        source=TfdsSource(tfds_name=MC4_TFDS_NAME,
+                          splits={"train": language, "validation": f"{language}-validation"},
+                          known_splits=("train", "validation")),
+        preprocessors=[
+            functools.partial(seqio.preprocessors.rekey,
+                              key_map={"inputs": None, "targets": "text"}),
+            seqio.preprocessors.tokenize,
+            *_objective_steps(vocabulary, objective.get("objective", "span_corruption"),
+                              objective.get("noise_density", 0.15),
+                              objective.get("mean_noise_span_length", 3.0)),
+        ],
+        output_features=output_features(vocabulary))
+  rate = functools.partial(_mc4_rate, strategy=mixing, cap=cap, temperature=temperature)
+  mixing_lib.add_mixture(MC4_MIXTURE, [(mc4_task_name(lang), rate) for lang in languages])
