@@ -93,6 +93,8 @@ def main(argv=None):
   parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
   parser.add_argument("--no_hf", action="store_true", help="skip the HF peer")
   parser.add_argument("--no_ct2", action="store_true", help="skip the CTranslate2 peers")
+  parser.add_argument("--no_int8", action="store_true",
+                      help="skip t5jax's int8 rows (quantize='int8', timed with float32's)")
   args = parser.parse_args(argv)
   if not args.no_ct2:
     try:
@@ -111,11 +113,12 @@ def main(argv=None):
   enc = rng.integers(2, 32000, (args.batch, args.input_len)).astype(np.int32)
   n_tokens = args.batch * args.new_tokens
 
-  def ours(config, method, beams):
+  def ours(config, method, beams, quantize=None):
     # EOS banned until the end, as HF's min_new_tokens: both sides make every token.
     cfg = DecodeConfig(method=method, num_beams=beams, max_decode_length=args.new_tokens,
                        min_decode_length=args.new_tokens, alpha=0.0)
-    prepared = prepare_params(params, config)  # once, as HF's model.to(dtype) below
+    # once, as HF's model.to(dtype) below
+    prepared = prepare_params(params, config, quantize)
     return lambda: jax.block_until_ready(decode(prepared, config, enc, cfg).tokens)
 
   hf_float32, ct2 = None, {}
@@ -179,6 +182,12 @@ def main(argv=None):
   if agree:
     print(f"float32 greedy tokens identical: t5jax, {', '.join(agree)} "
           f"({want.shape[0]} x {want.shape[1]} tokens)")
+  if not args.no_int8:  # int8's quality: greedy tokens against float32's
+    int8 = np.asarray(decode(params, base, enc, cfg, quantize="int8").tokens[:, 0])
+    first = np.argmax(np.concatenate([int8 != want, np.ones_like(want[:, :1], bool)], 1), 1)
+    print(f"t5jax int8 greedy tokens equal to float32's: {np.mean(int8 == want):.1%}; "
+          f"identical until the first difference: {np.mean(first) / want.shape[1]:.1%} "
+          "of each row on average")
 
   def ct2_fn(translator, beams):
     return lambda: ct2_decode(translator, beams)
@@ -192,10 +201,14 @@ def main(argv=None):
       fns = {"t5jax": ours(config, method, beams)}
       if hf_float32 is not None:
         fns["hf"] = theirs(hf, beams)
-      if dtype == "float32":  # CTranslate2's rows ride along with the float32 ones
+      if dtype == "float32":  # CTranslate2 and t5jax int8 ride along with the float32 rows
         fns.update({f"ct2-{q}": ct2_fn(t, beams) for q, t in ct2.items()})
+        if not args.no_int8:
+          fns["t5jax-int8"] = ours(config, method, beams, quantize="int8")
       seconds = _time_side_by_side(fns, args.repeats)
       results[dtype, name] = {side: n_tokens / s for side, s in seconds.items()}
+      if "t5jax-int8" in results[dtype, name]:
+        results["int8", name] = {"t5jax": results[dtype, name].pop("t5jax-int8")}
       print("  " + ", ".join(f"{side} {dtype} {name}: {rate:.1f} tokens/s"
                              for side, rate in results[dtype, name].items()), flush=True)
 

@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/bench_train.py --gpu          # t5.1.1-base, 128 x 512/114, bf16
         [--presets a,b] [--batch 4] [--input_len 256] [--target_len 64] [--dtype float32,bfloat16]
         [--steps 5] [--repeats 3] [--no_hf] [--no_hf_flax] [--results PATH | --no_write]
+    .venv/bin/python benchmarks/bench_train.py --peft lora,ia3,prompt  # t5jax only: each
+        # parameter-efficient method against full finetuning, same model and shape
 
 Same shape, same batch and the same random weights on every side (t5jax
 params exported with save_hf), same optimizer family: Adafactor with T5's
@@ -178,9 +180,11 @@ class Runner:
     self.block, self.loss, self.compile_s = block, loss, compile_s
 
 
-def t5jax_runner(config, args) -> Runner:
+def t5jax_runner(config, args, optimizer=None) -> Runner:
+  extra = {} if optimizer is None else {"optimizer": optimizer}
   runner = TrainStepRunner(config, args.batch, args.input_len, args.target_len,
-                           warmup_steps=args.warmup, compiler_options=args.compiler_options)
+                           warmup_steps=args.warmup, compiler_options=args.compiler_options,
+                           **extra)
   return Runner(lambda: runner.block(args.steps), lambda: runner.loss, runner.warmup_time)
 
 
@@ -380,6 +384,9 @@ def parse_args(argv):
   parser.add_argument("--no_hf_flax", action="store_true", help="skip the HF Flax peer")
   parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
   parser.add_argument("--no_write", action="store_true", help="print only")
+  parser.add_argument("--peft", default=None, metavar="METHODS",
+                      help="comma-separated adapter methods (lora, ia3, prompt, norm) to time "
+                           "against full finetuning, t5jax only (CPU default: t5.1.1-small)")
   args = parser.parse_args(argv)
   args.on_gpu = jax.devices()[0].platform != "cpu"
   args.compiler_options = {"xla_backend_optimization_level": 0} if args.fast_compile else None
@@ -399,7 +406,114 @@ def parse_args(argv):
 
 
 def main(argv=None) -> list[dict]:
-  return _run(parse_args(argv), argv)
+  args = parse_args(argv)
+  if args.peft:
+    return _run_peft(args, argv)
+  return _run(args, argv)
+
+
+# ----------------------------------------------------------------------------- --peft
+
+class PeftRunner:
+  """t5jax's training step with an adapter (t5jax.peft): the frozen base is the step's
+  4th argument and only the adapter has gradients and optimizer state, as in
+  `trainer.train`. Compiled and warmed up on creation, like TrainStepRunner."""
+
+  def __init__(self, config, args, optimizer):
+    from t5jax import losses, optim, partitioning, peft, train_step as ts
+    from t5jax.benchmark import synthetic_batch
+    from t5jax.trainer import _adapter_start, create_state
+    self.steps = args.steps
+    mesh = partitioning.make_mesh(partitioning.MeshConfig())
+    rule_set = partitioning.rules("1d")
+    tx = optim.make_optimizer(optimizer)
+    _, state_sh = ts.state_shardings(mesh, config, rule_set, tx)
+    _, frozen_sh, _ = ts.frozen_shardings(mesh, config, rule_set)
+    step_fn = ts.make_train_step(config, tx, losses.LossConfig(), None, 1)
+    self.compiled = ts.jit_steps(mesh, rule_set, state_sh, step_fn,
+                                 compiler_options=args.compiler_options,
+                                 frozen_shardings=frozen_sh)
+    base = jax.device_get(init_params(peft.base_config(config), jax.random.PRNGKey(0)))
+    self.compiled.frozen, start = _adapter_start(config, base, 0, frozen_sh, None)
+    del base
+    self.state = create_state(config, tx, mesh, rule_set, state_sh, 0, start,
+                              args.compiler_options)
+    self.trainable = peft.count(start)
+    self.batch = partitioning.global_batch(
+        synthetic_batch(args.batch, args.input_len, args.target_len, config.vocab_size),
+        mesh, rule_set)
+    self.rng = jax.random.PRNGKey(0)
+    start_time = time.perf_counter()
+    self._steps(max(args.warmup, 1))
+    jax.block_until_ready(self.metrics)
+    self.compile_s = time.perf_counter() - start_time
+
+  def _steps(self, n):
+    for _ in range(n):
+      self.state, self.metrics = self.compiled.train_step(self.state, self.batch, self.rng)
+
+  def block(self) -> float:
+    start = time.perf_counter()
+    self._steps(self.steps)
+    jax.block_until_ready((self.state, self.metrics))
+    return (time.perf_counter() - start) / self.steps
+
+
+PEFT_METHODS = ("lora", "ia3", "prompt", "norm")
+
+
+def _run_peft(args, argv) -> list[dict]:
+  """Step time and peak memory of each --peft method against full finetuning (t5jax
+  only; same preset, batch and shape; AdamW for every row, as the methods' gin files)."""
+  from t5jax.config import AdapterConfig
+  from t5jax.optim import OptimizerConfig
+  methods = [m for m in args.peft.split(",") if m]
+  unknown = sorted(set(methods) - set(PEFT_METHODS))
+  if unknown:
+    raise SystemExit(f"--peft {args.peft}: unknown method(s) {unknown}; one of {PEFT_METHODS}.")
+  preset, dtype = args.presets.split(",")[0], args.dtype.split(",")[0]
+  optimizer = OptimizerConfig(name="adamw", schedule="constant", learning_rate=1e-4)
+  print(f"{preset}, batch {args.batch}, {args.input_len}/{args.target_len}, {dtype}; "
+        f"full finetuning vs {', '.join(methods)} (AdamW).", flush=True)
+  rows, runners = [], {}
+  for method in ["full"] + methods:
+    adapter = None if method == "full" else AdapterConfig(method)
+    config = get_config(preset, dtype=dtype, adapter=adapter)
+    mem = PeakMemory(args.on_gpu)
+    with mem:
+      if adapter is None:
+        runner = t5jax_runner(config, args, optimizer=optimizer)
+        trainable = count_params(config)
+      else:
+        runner = PeftRunner(config, args, optimizer)
+        trainable = runner.trainable
+    runners[method] = runner
+    rows.append({"method": method, "trainable": trainable, "total": count_params(config),
+                 "memory": mem.bytes, "memory_label": mem.label, "times": []})
+  for _ in range(args.repeats):  # blocks interleaved, as the peers' are
+    for row in rows:
+      row["times"].append(runners[row["method"]].block())
+  full = statistics.median(rows[0]["times"])
+  lines = ["| method | trainable params | share | step s (median) | step s (best) | "
+           "vs full | peak mem GiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+  for row in rows:
+    median = statistics.median(row["times"])
+    lines.append(f"| {row['method']} | {row['trainable']:,} | "
+                 f"{100 * row['trainable'] / row['total']:.3f}% | {median:.3f} | "
+                 f"{min(row['times']):.3f} | {median / full:.2f}x | {_gib(row['memory'])} |")
+  table = "\n".join(lines)
+  header = (f"Parameter-efficient finetuning, {preset} {dtype}, batch {args.batch}, "
+            f"{args.input_len}/{args.target_len}: median of {args.repeats} interleaved blocks "
+            f"of {args.steps} steps; peak mem = {rows[0]['memory_label']}.")
+  print(f"\n{header}\n\n{table}\n")
+  if not args.no_write:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    with open(args.results, "a") as f:
+      f.write(f"\n## {stamp}: parameter-efficient finetuning\n\nCommand: "
+              f"`{command.strip()}`\n\n{header}\n\n{table}\n")
+    print(f"Appended to {args.results}")
+  return rows
 
 
 def _run(args, argv) -> list[dict]:

@@ -78,7 +78,9 @@ BEST_FILE = "best.json"
 
 
 def config_to_json(config) -> dict:
-  return dataclasses.asdict(config)
+  """The config as JSON reads it back (tuples as lists, e.g. an AdapterConfig's
+  target_modules), so a stored and a current config compare equal."""
+  return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def _with_defaults(stored: dict, config) -> dict:

@@ -5,7 +5,7 @@
     t5jax infer --gin_file=FILE --checkpoint=PATH --output=OUT.jsonl [--input_file=F] [--step=...]
     t5jax vocab CORPUS... --output_dir=DIR [--vocab_size=N]
     t5jax params [PRESET ...]              parameter counts, nothing allocated
-    t5jax convert SRC DST [--to hf|t5jax] [--step=...]  checkpoint conversion
+    t5jax convert SRC DST [--to hf|t5jax|peft] [--adapter=DIR] [--step=...]  conversion
     t5jax tasks [--data_dir=DIR]           tasks and mixtures DataConfig.task can name
 
 Bad input a user can fix (t5jax.errors.UsageError) is reported in one line,
@@ -59,7 +59,17 @@ def cmd_convert(args) -> int:
   if not os.path.exists(args.src) and not os.path.exists(args.src + ".index"):
     raise UsageError(f"Checkpoint path {args.src!r} does not exist.")  # .index: a TF prefix
   config, params = load_checkpoint(args.src, format=args.source_format, step=args.step,
-                                   **_parse_overrides(args.set))
+                                   adapter=args.adapter, **_parse_overrides(args.set))
+  if args.to == "peft":  # the adapter alone, as an HF PEFT folder
+    from t5jax import peft
+    peft.save_peft_adapter(args.dst, config, params, base_model=os.path.abspath(args.src))
+    print(f"{args.src} -> {args.dst} (HF PEFT {config.adapter.method} adapter)")
+    return 0
+  if config.adapter is not None and (args.to == "hf" or config.adapter.method != "prompt"):
+    from t5jax import peft
+    method = config.adapter.method
+    config, params = peft.merge_adapter(config, params)  # LoRA / IA3 folded into the kernels
+    print(f"Merged the {method} adapter into the base.")
   save_checkpoint(args.dst, config, params, format=args.to)
   print(f"{args.src} -> {args.dst} ({args.to}): {count_params(config):,} parameters, "
         f"d_model={config.d_model}, layers={config.num_layers}/{config.decoder_layers}, "
@@ -204,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("src", help="checkpoint folder (or TF checkpoint prefix)")
   p.add_argument("dst", help="output folder")
-  p.add_argument("--to", choices=["hf", "t5jax"], default="hf", help="output format")
+  p.add_argument("--to", choices=["hf", "t5jax", "peft"], default="hf",
+                 help="output format ('peft': an adapter run's adapter as an HF PEFT folder)")
+  p.add_argument("--adapter", default=None, metavar="DIR",
+                 help="an HF PEFT adapter folder (LoRA / IA3) for SRC: merged into the base "
+                      "before writing")
   p.add_argument("--from", dest="source_format", choices=sorted(FORMATS), default=None,
                  help="input format (default: detected from the files)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

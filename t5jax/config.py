@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import numbers
+import re
 
 from t5jax.errors import UnknownNameError, UsageError
 
@@ -23,12 +24,135 @@ REMAT_POLICIES = ("none", "full", "save_dots")
 SCANNED_LAYERS = "layers"
 
 
+ADAPTER_METHODS = ("lora", "ia3", "prompt", "norm")
+PROMPT_INITS = ("vocab", "text", "random")
+# The kernels LoRA / IA3 can target, by their t5jax names; HF's short names are aliases.
+ATTENTION_KERNELS = ("query", "key", "value", "out")
+KERNEL_ALIASES = {"q": "query", "k": "key", "v": "value", "o": "out"}
+# PEFT's defaults for T5 (peft.utils.constants): LoRA q, v; IA3 k, v, wo.
+DEFAULT_TARGETS = {"lora": ("query", "value"), "ia3": ("key", "value", "wo")}
+
+
 def _is_int(value) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class UnknownFieldError(UsageError, TypeError):
   """T5Config.replace with a field T5Config lacks; also a TypeError, as a bad keyword is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """A parameter-efficient finetuning method (t5jax.peft); `T5Config.adapter`.
+
+  method:
+    'lora'   W x + (alpha / rank) * B A dropout(x) on each targeted kernel
+             (A: kaiming-uniform as PEFT, B: zeros, so training starts at the base).
+    'ia3'    learned vectors (init ones) scaling the outputs of targeted kernels,
+             except `wo`, whose input (the MLP's inner activation) is scaled.
+    'prompt' num_virtual_tokens learned embeddings prepended to every encoder input.
+    'norm'   no new parameters: only the RMSNorm scales train (T5 has no biases,
+             so this is its analogue of BitFit).
+  target_modules: LoRA / IA3 targets, regular expressions matched against kernel
+  paths such as 'encoder/layers_0/attention/query', 'decoder/layers_3/
+  encoder_decoder_attention/value' or 'decoder/layers_1/mlp/wo'; a pattern
+  matches a path it fully matches or that ends in '/' + pattern, so 'query' is
+  every query kernel. HF's short names q, k, v, o are accepted too. Empty: PEFT's
+  T5 defaults (LoRA query, value; IA3 key, value, wo).
+  """
+
+  method: str = "lora"
+  rank: int = 8
+  alpha: float = 8.0
+  dropout: float = 0.0
+  target_modules: tuple[str, ...] = ()
+  num_virtual_tokens: int = 20
+  prompt_init: str = "vocab"  # 'vocab': rows of sampled token embeddings; 'text'; 'random'
+  prompt_init_text: str | None = None
+
+  def __post_init__(self):
+    if self.method not in ADAPTER_METHODS:
+      close = difflib.get_close_matches(str(self.method), ADAPTER_METHODS, n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise UsageError(f"AdapterConfig.method={self.method!r}: expected one of "
+                       f"{ADAPTER_METHODS}.{hint}")
+    if isinstance(self.target_modules, str):
+      object.__setattr__(self, "target_modules", (self.target_modules,))
+    else:
+      object.__setattr__(self, "target_modules", tuple(self.target_modules))
+    if not _is_int(self.rank) or self.rank < 1:
+      raise UsageError(f"AdapterConfig.rank={self.rank!r} must be an integer >= 1.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise UsageError(f"AdapterConfig.dropout={self.dropout!r} must be in [0, 1).")
+    if not _is_int(self.num_virtual_tokens) or self.num_virtual_tokens < 1:
+      raise UsageError(f"AdapterConfig.num_virtual_tokens={self.num_virtual_tokens!r} must "
+                       "be an integer >= 1.")
+    if self.prompt_init not in PROMPT_INITS:
+      raise UsageError(f"AdapterConfig.prompt_init={self.prompt_init!r}: expected one of "
+                       f"{PROMPT_INITS}.")
+    if self.method == "prompt" and self.prompt_init == "text" and not self.prompt_init_text:
+      raise UsageError("AdapterConfig.prompt_init='text' needs AdapterConfig.prompt_init_text, "
+                       "e.g. 'Classify the sentiment of this review:'.")
+    for pattern in self.target_modules:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise UsageError(f"AdapterConfig.target_modules: {pattern!r} is not a regular "
+                         f"expression ({e}).") from None
+
+  @property
+  def scaling(self) -> float:
+    """LoRA's alpha / rank (PEFT without rslora)."""
+    return self.alpha / self.rank
+
+  @property
+  def targets(self) -> tuple[str, ...]:
+    """target_modules with HF aliases expanded, or the method's PEFT default."""
+    patterns = self.target_modules or DEFAULT_TARGETS.get(self.method, ())
+    return tuple(KERNEL_ALIASES.get(p, p) for p in patterns)
+
+  def matches(self, path: str) -> bool:
+    """Whether kernel path `path` (e.g. 'encoder/layers_0/attention/query') is targeted."""
+    if self.method not in DEFAULT_TARGETS:
+      return False
+    return any(re.fullmatch(p, path) or re.fullmatch(f".*/(?:{p})", path)
+               for p in self.targets)
+
+
+def kernel_paths(config: "T5Config") -> list[str]:
+  """Every kernel path LoRA / IA3 can target in `config`'s model (per-layer names)."""
+  mlp = ("wi_0", "wi_1", "wo") if config.is_gated else ("wi", "wo")
+  out = []
+  for stack, layers, blocks in (("encoder", config.num_layers, ("attention",)),
+                                ("decoder", config.decoder_layers,
+                                 ("self_attention", "encoder_decoder_attention"))):
+    for i in range(layers):
+      for block in blocks:
+        out += [f"{stack}/layers_{i}/{block}/{k}" for k in ATTENTION_KERNELS]
+      out += [f"{stack}/layers_{i}/mlp/{k}" for k in mlp]
+  return out
+
+
+def layer_targets(config: "T5Config", stack: str, layer: int | None, block: str) -> tuple:
+  """The kernels of `block` ('attention', 'mlp', ...) in layer `layer` of `stack` that
+  the adapter targets (() without a LoRA / IA3 adapter). layer=None: a scanned stack,
+  whose layers must all agree (they share one layer body)."""
+  adapter = config.adapter
+  if adapter is None or adapter.method not in DEFAULT_TARGETS:
+    return ()
+  kernels = (("wi_0", "wi_1", "wo") if config.is_gated else ("wi", "wo")) \
+      if block == "mlp" else ATTENTION_KERNELS
+  count = config.num_layers if stack == "encoder" else config.decoder_layers
+  pick = lambda i: tuple(k for k in kernels if adapter.matches(f"{stack}/layers_{i}/{block}/{k}"))
+  if layer is not None:
+    return pick(layer)
+  chosen = {pick(i) for i in range(count)}
+  if len(chosen) > 1:
+    raise UsageError(
+        f"AdapterConfig.target_modules={adapter.target_modules} targets different kernels in "
+        f"different layers of {stack}/{block}, but scan_layers=True runs one shared layer "
+        "body: target every layer alike, or set model_config.scan_layers = False.")
+  return chosen.pop()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +190,14 @@ class T5Config:
   pad_token_id: int = 0
   eos_token_id: int = 1
   decoder_start_token_id: int = 0
+  # Parameter-efficient finetuning (t5jax.peft); None: the plain model, unchanged.
+  adapter: AdapterConfig | None = None
 
   def __post_init__(self):
+    if isinstance(self.adapter, dict):  # read back from JSON (model_config.json, meta)
+      object.__setattr__(self, "adapter", AdapterConfig(**self.adapter))
+    if self.adapter is not None and not isinstance(self.adapter, AdapterConfig):
+      raise UsageError(f"T5Config.adapter={self.adapter!r}: expected an AdapterConfig or None.")
     if self.feed_forward_proj not in FEED_FORWARD_KINDS:
       raise UsageError(
           f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected one "
@@ -86,6 +216,16 @@ class T5Config:
       raise UsageError(
           f"T5Config.num_decoder_layers={self.num_decoder_layers} must be >= 1 "
           "(or None for the same as num_layers).")
+    if self.adapter is not None and self.adapter.method in DEFAULT_TARGETS:
+      paths = kernel_paths(self)
+      for pattern in self.adapter.targets:
+        one = dataclasses.replace(self.adapter, target_modules=(pattern,))
+        if not any(one.matches(p) for p in paths):
+          raise UsageError(
+              f"AdapterConfig.target_modules: {pattern!r} matches no kernel of this model. "
+              f"Kernel paths look like {paths[0]!r}, {paths[-1]!r}; use a kernel name "
+              f"({', '.join(ATTENTION_KERNELS)}, wi / wi_0 / wi_1, wo) or a regular "
+              "expression over such paths.")
 
   @property
   def decoder_layers(self) -> int:

@@ -253,12 +253,22 @@ class DecodeParams:
   tree: dict
   dtype: str = dataclasses.field(metadata=dict(static=True))
   out_in: bool = dataclasses.field(metadata=dict(static=True))  # weights stored [out, in]
+  # 'int8': matmul weights are t5jax.quantize.Int8Weight (int8 x int8 matmuls)
+  quantize: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
 
-def prepare_params(params, config: T5Config) -> DecodeParams:
-  """Per-layer params -> `DecodeParams` for this config (and this backend path)."""
+def prepare_params(params, config: T5Config, quantize: str | None = None) -> DecodeParams:
+  """Per-layer params -> `DecodeParams` for this config (and this backend path).
+
+  quantize='int8': every matmul weight as int8 with per-output-channel scales, the
+  activations quantised per row at each matmul (t5jax.quantize; what it costs in quality:
+  README "Decoding"). Activations, norms and the KV cache stay in config.dtype.
+  """
   dtype = jnp.dtype(config.dtype)
   if isinstance(params, DecodeParams):
+    if params.quantize != quantize and quantize is not None:
+      raise ValueError(f"these DecodeParams were prepared with quantize={params.quantize!r}, "
+                       f"not {quantize!r}: prepare them from the plain params.")
     if params.dtype != dtype.name:
       raise ValueError(f"these DecodeParams were prepared for dtype {params.dtype}, but the "
                        f"config says {dtype.name}: prepare them with this config.")
@@ -266,6 +276,16 @@ def prepare_params(params, config: T5Config) -> DecodeParams:
       raise ValueError("these DecodeParams hold the XLA-CPU [out, in] weight layout, but the "
                        f"CPU kernels are off ({xla_cpu.ENV}): prepare them again.")
     return params
+  if quantize is not None:
+    from t5jax import quantize as quantize_lib
+    if getattr(config, "adapter", None) is not None:
+      raise UsageError("quantize='int8' needs plain weights: merge the adapter into the base "
+                       "first (t5jax convert --adapter=DIR, or t5jax.peft.merge).")
+    if quantize not in quantize_lib.QUANTIZE_MODES:
+      raise UsageError(f"quantize={quantize!r}: choose one of "
+                       f"{', '.join(map(repr, quantize_lib.QUANTIZE_MODES))}, or None.")
+    tree = jax.jit(functools.partial(quantize_lib.quantize_params, mode=quantize))(params)
+    return DecodeParams(tree, dtype.name, False, quantize)
   out_in = _stores_out_in(config)
   tree = xla_cpu.store_out_in(params, dtype) if out_in else params
   return DecodeParams(tree, dtype.name, out_in)
@@ -319,13 +339,15 @@ def _decode(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
 
 
 def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = DecodeConfig(),
-           rng=None, *, mesh=None, rules: str = "1d") -> DecodeOutput:
+           rng=None, *, mesh=None, rules: str = "1d",
+           quantize: str | None = None) -> DecodeOutput:
   """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options.
 
   `params`: the model's per-layer params, or `prepare_params(params, config)` made
   once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and
   inputs are sharded as in training (rule set `rules`) and the decode loop runs
   under the mesh: rows over the data axis, heads / mlp / vocab over the model axis.
+  `quantize='int8'`: int8 weights and matmuls (`prepare_params`), on one device or a mesh.
   """
   tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
   if tokens.ndim != 2 or tokens.shape[1] == 0:
@@ -334,9 +356,9 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
     rng = jax.random.PRNGKey(0)
   config = config.replace(dropout_rate=0.0)
   if mesh is None:
-    return _decode_jit(prepare_params(params, config), tokens, rng, config, cfg)
+    return _decode_jit(prepare_params(params, config, quantize), tokens, rng, config, cfg)
   if isinstance(params, DecodeParams):
-    if params.out_in:  # sharded by the logical shapes; the [out, in] layout is for one device
+    if params.out_in or params.quantize:  # sharded by the logical shapes; the [out, in] layout is for one device
       raise ValueError("decode(mesh=...) takes the plain params, not prepare_params' "
                        f"{params.dtype} layout: pass the params you prepared from.")
     params = params.tree
@@ -349,8 +371,10 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   params = jax.device_put(params, partitioning.param_shardings(mesh, config, rule_set))
   tokens = jax.device_put(tokens, partitioning.batch_sharding(mesh, rule_set))
   with partitioning.activate(mesh, rule_set):  # the plain layout: shardings follow it
-    return _decode_jit(DecodeParams(params, jnp.dtype(config.dtype).name, False), tokens, rng,
-                       config, cfg)
+    prepared = DecodeParams(params, jnp.dtype(config.dtype).name, False)
+    if quantize is not None:  # quantised where the weights lie: the shardings carry over
+      prepared = prepare_params(params, config, quantize)
+    return _decode_jit(prepared, tokens, rng, config, cfg)
 
 
 def score_targets(params, config: T5Config, encoder_input_tokens, decoder_target_tokens):

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax import xla_cpu
+from t5jax import quantize, xla_cpu
+from t5jax.quantize import Int8Weight
 
 Array = jax.Array
 # Large negative instead of -inf: a fully masked row (a padding query) then gives a
@@ -121,6 +122,76 @@ class Dropout(nn.Module):
     return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
 
 
+# ----------------------------------------------------------------------------
+# Adapters (t5jax.peft): a LoRA pair or an IA3 vector beside one kernel. Only
+# created for the kernels a `T5Config.adapter` targets, so without one no module
+# changes. Logical axes: the kernel's own for its in/out dims, 'lora_rank' (never
+# sharded) for the rank.
+
+def lora_a_init(fan_in: int):
+  """PEFT's init of lora_A, kaiming_uniform_(a=sqrt(5)) on [rank, fan_in]:
+  uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def _lora_params(module, name, in_shape, out_shape, in_axes, out_axes, rank):
+  a = _param(module, f"{name}_lora_a", lora_a_init(int(np.prod(in_shape))),
+             (*in_shape, rank), (*in_axes, "lora_rank"))
+  b = _param(module, f"{name}_lora_b", nn.initializers.zeros, (rank, *out_shape),
+             ("lora_rank", *out_axes))
+  return a, b
+
+
+def adapt_output(module: nn.Module, name: str, x: Array, y: Array, in_shape, out_shape,
+                 in_axes, out_axes) -> Array:
+  """y = x @ kernel `name` (x [..., *in_shape], y [..., *out_shape]) with the
+  module's adapter on that kernel: + scaling * (dropout(x) A) B for LoRA (PEFT's
+  unmerged form: no kernel-sized weight or weight gradient), y * l for IA3. The
+  module has fields `adapter` (AdapterConfig), `targets`, `dtype`, `deterministic`.
+  IA3 on 'wo' scales its input instead: see `adapt_input`."""
+  adapter = module.adapter
+  if name not in module.targets:
+    return y
+  if adapter.method == "ia3":
+    scale = _param(module, f"{name}_ia3", nn.initializers.ones, tuple(out_shape), out_axes)
+    return y * scale.astype(y.dtype)
+  a, b = _lora_params(module, name, in_shape, out_shape, in_axes, out_axes, adapter.rank)
+  x = Dropout(adapter.dropout, name=f"{name}_lora_dropout")(x, module.deterministic)
+  lead, fan_in, fan_out = x.shape[:x.ndim - len(in_shape)], a.shape[:-1], b.shape[1:]
+  low = matmul(x.reshape(*lead, int(np.prod(fan_in))), a.reshape(-1, adapter.rank),
+               module.dtype)
+  delta = matmul(low, b.reshape(adapter.rank, -1), module.dtype).reshape(*lead, *fan_out)
+  return y + delta * jnp.asarray(adapter.scaling, delta.dtype)
+
+
+def adapt_input(module: nn.Module, name: str, x: Array, shape, axes) -> Array:
+  """IA3 on the input of kernel `name` (PEFT's feedforward modules: T5's `wo`)."""
+  if name not in module.targets or module.adapter.method != "ia3":
+    return x
+  scale = _param(module, f"{name}_ia3", nn.initializers.ones, tuple(shape), axes)
+  return x * scale.astype(x.dtype)
+
+
+def merged_kernel(module: nn.Module, name: str, kernel: Array, in_dims: int, axes) -> Array:
+  """Attention kernel `name` with its adapter folded in (for incremental decoding,
+  which has no dropout): W + scaling * A B, or W scaled along its output (IA3)."""
+  adapter = module.adapter
+  if name not in module.targets:
+    return kernel
+  in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
+  in_axes, out_axes = axes[:in_dims], axes[in_dims:]
+  if adapter.method == "ia3":
+    scale = _param(module, f"{name}_ia3", nn.initializers.ones, tuple(out_shape), out_axes)
+    return kernel * scale
+  a, b = _lora_params(module, name, in_shape, out_shape, in_axes, out_axes, adapter.rank)
+  delta = a.reshape(-1, adapter.rank) @ b.reshape(adapter.rank, -1)
+  return kernel + adapter.scaling * delta.reshape(kernel.shape)
+
+
 class RMSNorm(nn.Module):
   """T5's LayerNorm: scale only, no mean subtraction, variance in float32."""
 
@@ -199,6 +270,8 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
   GPUs and TPUs accumulate in float32. Autodiff then gives the backward dots
   bfloat16 cotangents, and `save_dots` remat sees every dot. CPU path.
   """
+  if isinstance(b, Int8Weight):  # decoding with quantize='int8' (t5jax.quantize)
+    return quantize.einsum(spec, a, b, dtype if out_dtype is None else out_dtype)
   if xla_cpu.enabled():
     return xla_cpu.einsum(spec, a, b, dtype, out_dtype)
   dtype = jnp.dtype(dtype)
@@ -210,6 +283,10 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
 
 def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
   """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`). CPU path."""
+  if isinstance(kernel, Int8Weight):
+    rows = quantize.einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel,
+                           dtype if out_dtype is None else out_dtype)
+    return rows.reshape(*x.shape[:-1], kernel.shape[-1])
   if xla_cpu.enabled():
     return xla_cpu.matmul(x, kernel, dtype, out_dtype)
   return einsum("...k,kn->...n", x, kernel, dtype, out_dtype)
@@ -217,14 +294,14 @@ def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
 
 def project_to_heads(x: Array, kernel: Array, dtype) -> Array:
   """[B, L, E] x [E, H, D] -> [B, L, H, D]. CPU path."""
-  if xla_cpu.enabled():
+  if xla_cpu.enabled() and not isinstance(kernel, Int8Weight):
     return xla_cpu.project_to_heads(x, kernel, dtype)
   return einsum("ble,ehd->blhd", x, kernel, dtype)
 
 
 def project_from_heads(x: Array, kernel: Array, dtype) -> Array:
   """[B, L, H, D] x [H, D, E] -> [B, L, E]. CPU path."""
-  if xla_cpu.enabled():
+  if xla_cpu.enabled() and not isinstance(kernel, Int8Weight):
     return xla_cpu.project_from_heads(x, kernel, dtype)
   return einsum("blhd,hde->ble", x, kernel, dtype)
 
@@ -272,6 +349,8 @@ class MultiHeadAttention(nn.Module):
   deterministic: bool = True
   decode: bool = False
   cross: bool = False
+  adapter: Any = None  # a t5jax.config.AdapterConfig (LoRA / IA3) for `targets`
+  targets: tuple = ()  # which of query, key, value, out carry the adapter
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
@@ -285,19 +364,27 @@ class MultiHeadAttention(nn.Module):
     wv = _param(self, "value", kv_init, (d_model, h, d), ("embed", "heads", "kv"))
     wo = _param(self, "out", dense_init((0, 1), 2), (h, d, d_model), ("heads", "kv", "embed"))
     if self.decode:
+      if self.targets:  # no dropout when decoding: fold the adapter into the kernels
+        in_axes, out_axes = ("embed", "heads", "kv"), ("heads", "kv", "embed")
+        wq, wk, wv = (merged_kernel(self, n, w, 1, in_axes)
+                      for n, w in (("query", wq), ("key", wk), ("value", wv)))
+        wo = merged_kernel(self, "out", wo, 2, out_axes)
       return self._decode_attention(inputs_q, inputs_kv, mask, bias, decode_position,
                                     (wq, wk, wv, wo))
     project = lambda x, w: project_to_heads(x, w, self.dtype)
+    adapt = lambda name, x, y: adapt_output(self, name, x, y, (d_model,), (h, d), ("embed",),
+                                            ("heads", "kv"))
 
-    query = project(inputs_q, wq)
-    key, value = project(inputs_kv, wk), project(inputs_kv, wv)
+    query = adapt("query", inputs_q, project(inputs_q, wq))
+    key = adapt("key", inputs_kv, project(inputs_kv, wk))
+    value = adapt("value", inputs_kv, project(inputs_kv, wv))
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
     if not xla_cpu.enabled() and (self.deterministic or self.dropout_rate == 0.0):
       out = fused_attention(query, key, value, mask, bias)
-      return project_from_heads(out, wo, self.dtype)
+      return self._output(out, wo)
     scores = einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32)
     if bias is not None:
       scores = add_shared_bias(scores, bias)
@@ -306,7 +393,15 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(scores, axis=-1)
     weights = Dropout(self.dropout_rate)(weights, self.deterministic)
     out = einsum("bhqk,bkhd->bqhd", weights, value, self.dtype)
-    return project_from_heads(out, wo, self.dtype)
+    return self._output(out, wo)
+
+  def _output(self, out, wo):
+    """The output projection [B, L, H, D] -> [B, L, E], with its adapter if targeted."""
+    y = project_from_heads(out, wo, self.dtype)
+    if not self.targets:
+      return y
+    return adapt_output(self, "out", out, y, wo.shape[:2], wo.shape[2:], ("heads", "kv"),
+                        ("embed",))
 
   def _decode_attention(self, inputs_q, inputs_kv, mask, bias, decode_position, weights):
     """Attention for incremental decoding (inference only: no dropout).
@@ -324,7 +419,8 @@ class MultiHeadAttention(nn.Module):
     row. That reads the encoder's keys/values once per input rather than
     once per beam. `mask` may have either batch (or 1).
     """
-    wq, wk, wv, wo = (w.astype(self.dtype) for w in weights)
+    wq, wk, wv, wo = (w if isinstance(w, Int8Weight) else w.astype(self.dtype)
+                      for w in weights)
     h, d = self.num_heads, self.d_kv
     heads_major = ("batch", "heads", "length", "kv")
 
@@ -402,13 +498,21 @@ class MlpBlock(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   deterministic: bool = True
+  adapter: Any = None  # a t5jax.config.AdapterConfig (LoRA / IA3) for `targets`
+  targets: tuple = ()  # which of wi / wi_0 / wi_1 / wo carry the adapter
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d_model = x.shape[-1]
     x = x.astype(self.dtype)
-    up = lambda name: matmul(x, _param(self, name, dense_init(0, 1), (d_model, self.d_ff),
-                                       ("embed", "mlp")), self.dtype)
+
+    def up(name):
+      kernel = _param(self, name, dense_init(0, 1), (d_model, self.d_ff), ("embed", "mlp"))
+      y = matmul(x, kernel, self.dtype)
+      if self.targets:
+        y = adapt_output(self, name, x, y, (d_model,), (self.d_ff,), ("embed",), ("mlp",))
+      return y
+
     if self.kind == "relu":
       hidden = jax.nn.relu(up("wi"))
     elif self.kind in GATED_ACTIVATIONS:
@@ -419,7 +523,13 @@ class MlpBlock(nn.Module):
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     hidden = Dropout(self.dropout_rate)(hidden, self.deterministic)
     wo = _param(self, "wo", dense_init(0, 1), (self.d_ff, d_model), ("mlp", "embed"))
-    return matmul(hidden, wo, self.dtype)
+    if not self.targets:
+      return matmul(hidden, wo, self.dtype)
+    hidden = adapt_input(self, "wo", hidden, (self.d_ff,), ("mlp",))
+    y = matmul(hidden, wo, self.dtype)
+    if self.adapter.method == "ia3":
+      return y
+    return adapt_output(self, "wo", hidden, y, (self.d_ff,), (d_model,), ("mlp",), ("embed",))
 
 
 class Embed(nn.Module):
@@ -434,10 +544,12 @@ class Embed(nn.Module):
                             (self.vocab_size, self.features), ("vocab", "embed"))
 
   def __call__(self, ids: Array) -> Array:
+    if isinstance(self.embedding, Int8Weight):
+      return quantize.take(self.embedding, ids, self.dtype)
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    if xla_cpu.enabled():  # CPU path
+    if xla_cpu.enabled() and not isinstance(self.embedding, Int8Weight):  # CPU path
       return xla_cpu.attend(x, self.embedding, self.dtype)
     return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32)
 

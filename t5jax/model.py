@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from t5jax.config import SCANNED_LAYERS, T5Config
+from t5jax.config import SCANNED_LAYERS, T5Config, layer_targets
 from t5jax.layers import (Dropout, Embed, MlpBlock, MultiHeadAttention, RMSNorm,
                           RelativePositionBias, dense_init, matmul, remat_policy, _param)
 
@@ -58,22 +58,38 @@ def _layer_stack(layer_cls, config: T5Config, num_layers: int, num_broadcast: in
                  metadata_params={nn.PARTITION_NAME: SCANNED_LAYERS})
 
 
+def _adapter_fields(cfg: T5Config, stack: str, index: int | None, block: str) -> dict:
+  """The adapter arguments of one attention / MLP block: none without a LoRA / IA3
+  adapter targeting it, so the plain model builds exactly the modules it did."""
+  targets = layer_targets(cfg, stack, index, block)
+  return dict(adapter=cfg.adapter, targets=targets) if targets else {}
+
+
+def prompt_length(cfg: T5Config) -> int:
+  """Encoder positions taken by prompt tuning's virtual tokens (0 without)."""
+  adapter = cfg.adapter
+  return adapter.num_virtual_tokens if adapter is not None and adapter.method == "prompt" else 0
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
   scanned: bool = False  # the body of an nn.scan: returns (carry, None)
+  index: int | None = None  # layer number (None when scanned): which kernels adapters target
 
   @nn.compact
   def __call__(self, x, mask, bias):
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
     dropout = lambda y: Dropout(cfg.dropout_rate)(y, self.deterministic)
+    adapters = lambda block: _adapter_fields(cfg, "encoder", self.index, block)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype,
-                           self.deterministic, name="attention")(y, y, mask, bias)
+                           self.deterministic, name="attention", **adapters("attention"))(
+                               y, y, mask, bias)
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     y = MlpBlock(cfg.d_ff, cfg.feed_forward_proj, cfg.dropout_rate, dtype, self.deterministic,
-                 name="mlp")(y)
+                 name="mlp", **adapters("mlp"))(y)
     x = x + dropout(y)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return (x, None) if self.scanned else x
@@ -84,22 +100,26 @@ class DecoderLayer(nn.Module):
   deterministic: bool = True
   decode: bool = False
   scanned: bool = False  # the body of an nn.scan: returns (carry, None)
+  index: int | None = None  # layer number (None when scanned): which kernels adapters target
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, bias, decode_position=None):
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
     dropout = lambda y: Dropout(cfg.dropout_rate)(y, self.deterministic)
+    adapters = lambda block: _adapter_fields(cfg, "decoder", self.index, block)
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.d_kv,
                                   cfg.dropout_rate, dtype, self.deterministic, self.decode)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
-    y = attention(name="self_attention")(y, y, self_mask, bias, decode_position)
+    y = attention(name="self_attention", **adapters("self_attention"))(
+        y, y, self_mask, bias, decode_position)
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(x)
-    y = attention(cross=True, name="encoder_decoder_attention")(y, encoded, cross_mask)
+    y = attention(cross=True, name="encoder_decoder_attention",
+                  **adapters("encoder_decoder_attention"))(y, encoded, cross_mask)
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     y = MlpBlock(cfg.d_ff, cfg.feed_forward_proj, cfg.dropout_rate, dtype, self.deterministic,
-                 name="mlp")(y)
+                 name="mlp", **adapters("mlp"))(y)
     x = x + dropout(y)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return (x, None) if self.scanned else x
@@ -114,6 +134,11 @@ def _segment_mask(query_segments, key_segments):
   return (query_segments[:, :, None] == key_segments[:, None, :])[:, None]
 
 
+def _with_prompt_keys(mask, num_prompt: int):
+  """[B, 1, Q, K] -> [B, 1, Q, P + K]: every query also sees the P prompt keys."""
+  return jnp.concatenate([jnp.ones(mask.shape[:3] + (num_prompt,), bool), mask], axis=-1)
+
+
 class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
@@ -125,20 +150,42 @@ class Encoder(nn.Module):
     mask = _padding_mask(valid, valid)
     if segment_ids is not None:
       mask &= _segment_mask(segment_ids, segment_ids)
-    positions = jnp.arange(tokens.shape[1])
+    num_prompt = prompt_length(cfg)  # prompt tuning's positions come first
+    positions = jnp.arange(num_prompt + tokens.shape[1])
     bias = RelativePositionBias(cfg.relative_attention_num_buckets,
                                 cfg.relative_attention_max_distance, cfg.num_heads,
                                 bidirectional=True, name="relpos_bias")(positions, positions)
     x = self.shared_embedding(tokens)
+    if num_prompt:
+      x, mask = self._prepend_prompt(x, mask, valid, segment_ids is not None, num_prompt)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
     layer_cls = _layer_stack(EncoderLayer, cfg, cfg.num_layers, num_broadcast=2)
     if cfg.scan_layers:
       x, _ = layer_cls(cfg, deterministic, scanned=True, name=SCANNED_LAYERS)(x, mask, bias)
     else:
       for i in range(cfg.num_layers):
-        x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
+        x = layer_cls(cfg, deterministic, index=i, name=f"layers_{i}")(x, mask, bias)
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic)
+
+  def _prepend_prompt(self, x, mask, valid, packed, num_prompt):
+    """Prompt tuning: P learned embeddings before each row's tokens, as PEFT prepends
+    them to inputs_embeds; prompt keys are visible to every query of the row.
+
+    Unpacked rows are exactly PEFT's: prompt queries see the prompt and the row's
+    tokens. In a packed row (segment ids) the one prompt serves every example and
+    its queries see only the prompt, so no information passes between the row's
+    examples through it (PEFT has no packing: there each example gets its own
+    prompt, whose queries also see that example)."""
+    batch, _, width = x.shape
+    prompt = _param(self, "prompt_embedding", nn.initializers.normal(stddev=1.0),
+                    (num_prompt, width), ("prompt", "embed"))
+    prompt = jnp.broadcast_to(prompt.astype(x.dtype)[None], (batch, num_prompt, width))
+    x = jnp.concatenate([prompt, x], axis=1)
+    prompt_keys = jnp.ones((batch, num_prompt), bool)
+    keys = jnp.concatenate([prompt_keys, jnp.zeros_like(valid) if packed else valid], axis=1)
+    top = jnp.broadcast_to(keys[:, None, None, :], (batch, 1, num_prompt, x.shape[1]))
+    return x, jnp.concatenate([top, _with_prompt_keys(mask, num_prompt)], axis=2)
 
 
 class Decoder(nn.Module):
@@ -184,6 +231,8 @@ class Decoder(nn.Module):
     cross_mask = (encoder_tokens > 0)[:, None, None, :]
     if segment_ids is not None and encoder_segment_ids is not None and not stepping:
       cross_mask = cross_mask & _segment_mask(segment_ids, encoder_segment_ids)
+    if prompt_length(cfg):  # the encoder output starts with the prompt's positions
+      cross_mask = _with_prompt_keys(cross_mask, prompt_length(cfg))
 
     x = self.shared_embedding(tokens)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
@@ -193,7 +242,7 @@ class Decoder(nn.Module):
           x, encoded, self_mask, cross_mask, bias, decode_position)
     else:
       for i in range(cfg.decoder_layers):
-        x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
+        x = layer_cls(cfg, deterministic, decode, index=i, name=f"layers_{i}")(
             x, encoded, self_mask, cross_mask, bias, decode_position)
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
     x = Dropout(cfg.dropout_rate)(x, deterministic)

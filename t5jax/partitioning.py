@@ -39,7 +39,10 @@ MESH_AXES = ("data", "model")
 
 # 'layers' is the stacked axis of scanned parameters (config.scan_layers):
 # never sharded, as the scan reads one layer's slice per step.
-_COMMON = (("length", None), ("kv", None), ("relpos_buckets", None), ("layers", None))
+# Adapters (t5jax.peft): 'lora_rank' (LoRA's r) and 'prompt' (prompt tuning's virtual
+# tokens) are small and replicated; their other axes follow the kernel they adapt.
+_COMMON = (("length", None), ("kv", None), ("relpos_buckets", None), ("layers", None),
+           ("lora_rank", None), ("prompt", None))
 RULE_SETS: dict[str, tuple] = {
     "1d": (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
            ("heads", "model"), ("embed", None)) + _COMMON,

@@ -85,8 +85,10 @@ def model_config(preset: str = "tiny", **overrides) -> T5Config:
 def _register_library_configs() -> None:
   """The config dataclasses of the library modules, configurable by their class names."""
   from t5jax import checkpoints, losses, optim, partitioning
+  from t5jax.config import AdapterConfig
   for cls in (trainer_lib.TrainConfig, optim.OptimizerConfig, losses.LossConfig,
-              partitioning.MeshConfig, checkpoints.CheckpointConfig, DecodeConfig):
+              partitioning.MeshConfig, checkpoints.CheckpointConfig, DecodeConfig,
+              AdapterConfig):
     _CONFIGURABLES[cls] = gin.external_configurable(cls, module="t5jax")
 
 
@@ -321,8 +323,15 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
   vocabulary, task = prepare_task(data)
   check_vocabulary(model, vocabulary)
 
-  # 2. Starting point: pretrained params to finetune from, if any.
-  init_params = load_params(init_checkpoint, model)[1] if init_checkpoint else None
+  # 2. Starting point: pretrained params to finetune from, if any. With an adapter
+  # (model_config.adapter, gin_configs/peft/) they are its frozen base, loaded on
+  # every start: the run's checkpoints hold the adapter only.
+  init_params, init_step = (_load_params_step(init_checkpoint, model, None)[1:]
+                            if init_checkpoint else (None, None))
+  adapter = model.adapter
+  prompt_ids = None
+  if adapter is not None and adapter.method == "prompt" and adapter.prompt_init == "text":
+    prompt_ids = vocabulary.encode(adapter.prompt_init_text)
 
   # 3. Input: training batches from any step (resume), a fixed eval slice.
   def data_fn(start_step):
@@ -347,7 +356,8 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
   write_config(trainer.run_dir)
   result = trainer_lib.train(model, trainer, data_fn, init_params=init_params,
                              eval_data_fn=eval_data_fn if trainer.eval_every else None,
-                             eval_hook=eval_hook)
+                             eval_hook=eval_hook, base_checkpoint=init_checkpoint,
+                             base_step=init_step, prompt_ids=prompt_ids)
   write_config(trainer.run_dir)  # now the operative config (what was actually used)
   if jax.process_index() != 0:
     return result
@@ -358,7 +368,7 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
   if plot:
     print(f"Curves: {plot}")
   if show_examples and result.stopped == "done":
-    params = jax.device_get(result.state.params)
+    params = jax.device_get(result.params)  # with an adapter: base + adapter
     print_examples(model, params, vocabulary, data, task, show_examples)
   return result
 

@@ -9,6 +9,12 @@
 
 A batch is a dict of [B, L] int arrays with the seqio encoder-decoder
 feature names (decoder_loss_weights may be float).
+
+With an adapter (`model_config.adapter`, t5jax.peft) the state's params are the
+trainable leaves only, and the frozen base is a separate, never-donated argument
+(`train_step(state, batch, rng, frozen)`; `Compiled.frozen` holds it): gradients
+and optimizer state exist for the trainable leaves alone, and the base is read,
+never written.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5jax import losses, partitioning
+from t5jax import losses, partitioning, peft
 from t5jax.model import T5, abstract_params
 from t5jax.errors import UsageError
 
@@ -70,13 +76,16 @@ def make_train_step(model_config, tx: optax.GradientTransformation,
   gradient norm is not finite leaves params and optimizer state unchanged
   (the step counter still advances, so the data moves on).
   """
-  deterministic = model_config.dropout_rate == 0.0
+  adapter = model_config.adapter  # LoRA has a dropout of its own
+  deterministic = model_config.dropout_rate == 0.0 and (adapter is None or adapter.dropout == 0.0)
 
-  def train_step(state: TrainState, batch, rng):
+  def train_step(state: TrainState, batch, rng, frozen=None):
     batch = dict(batch)
     norm = losses.normalizer(batch, loss_config.normalization)
 
     def loss_fn(params, mb, key):
+      if frozen is not None:  # only `params` (the trainable leaves) are differentiated
+        params = peft.combine(frozen, params)
       logits = _logits(model_config, params, mb, key, deterministic)
       objective, stats = losses.loss_sums(logits, mb, loss_config)
       return objective / norm, stats
@@ -131,9 +140,12 @@ class Compiled:
   rule_set: Any
   train: Callable | None = None
   eval: Callable | None = None
+  frozen: Any = None  # the frozen base of an adapter run (placed by the trainer)
 
   def train_step(self, state, batch, rng):
     with partitioning.activate(self.mesh, self.rule_set):
+      if self.frozen is not None:
+        return self.train(state, batch, rng, self.frozen)
       return self.train(state, batch, rng)
 
   def eval_step(self, params, batch):
@@ -142,30 +154,50 @@ class Compiled:
 
 
 def jit_steps(mesh, rule_set, state_shardings: TrainState, train_step: Callable,
-              eval_step: Callable | None = None, compiler_options: dict | None = None
-              ) -> Compiled:
+              eval_step: Callable | None = None, compiler_options: dict | None = None,
+              frozen_shardings=None, eval_param_shardings=None) -> Compiled:
   """The single place where steps are jit-ed: explicit in/out shardings, donated state.
 
   compiler_options: XLA options for these executables only, e.g. tests use
   {'xla_backend_optimization_level': 0} to compile ~4x faster on CPU.
+  frozen_shardings: an adapter run's frozen base (a 4th, not donated, argument);
+  eval_param_shardings: the full params the eval step then takes.
   """
   batch_sh = partitioning.batch_sharding(mesh, rule_set, 2)
   rep = partitioning.replicated(mesh)
   compiled = Compiled(mesh, rule_set)
-  compiled.train = jax.jit(train_step, in_shardings=(state_shardings, batch_sh, rep),
+  inputs = (state_shardings, batch_sh, rep)
+  if frozen_shardings is not None:
+    inputs += (frozen_shardings,)
+  compiled.train = jax.jit(train_step, in_shardings=inputs,
                            out_shardings=(state_shardings, rep), donate_argnums=(0,),
                            compiler_options=compiler_options)
   if eval_step is not None:
-    compiled.eval = jax.jit(eval_step, in_shardings=(state_shardings.params, batch_sh),
+    eval_sh = state_shardings.params if eval_param_shardings is None else eval_param_shardings
+    compiled.eval = jax.jit(eval_step, in_shardings=(eval_sh, batch_sh),
                             out_shardings=rep, compiler_options=compiler_options)
   return compiled
 
 
 def state_shardings(mesh, model_config, rule_set, tx) -> tuple[TrainState, TrainState]:
-  """(abstract state, NamedSharding tree) for a TrainState of this model and optimizer."""
+  """(abstract state, NamedSharding tree) for a TrainState of this model and optimizer
+  (with an adapter: of its trainable leaves; see `frozen_shardings`)."""
   param_sh = partitioning.param_shardings(mesh, model_config, rule_set)
   abstract_p = flax.linen.meta.unbox(abstract_params(model_config))
+  if model_config.adapter is not None:
+    abstract_p, param_sh = (peft.split(model_config, abstract_p)[0],
+                            peft.split(model_config, param_sh)[0])
   abstract = jax.eval_shape(lambda p: init_state(p, tx), abstract_p)
   opt_sh = partitioning.opt_state_shardings(mesh, abstract.opt_state, abstract_p, param_sh)
   shardings = TrainState(step=partitioning.replicated(mesh), params=param_sh, opt_state=opt_sh)
   return abstract, shardings
+
+
+def frozen_shardings(mesh, model_config, rule_set) -> tuple[Any, Any, Any]:
+  """(abstract frozen base, its NamedShardings, the full params' NamedShardings) of an
+  adapter run: the base shards exactly as the plain model's parameters do."""
+  param_sh = partitioning.param_shardings(mesh, model_config, rule_set)
+  abstract_p = flax.linen.meta.unbox(abstract_params(model_config))
+  trainable_sh, frozen_sh = peft.split(model_config, param_sh)
+  return (peft.split(model_config, abstract_p)[1], frozen_sh,
+          peft.combine(frozen_sh, trainable_sh))

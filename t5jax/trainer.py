@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from t5jax import checkpoints, flops, losses, optim, partitioning, train_step as steps, xla_cpu
+from t5jax import (checkpoints, flops, losses, optim, partitioning, peft, train_step as steps,
+                   xla_cpu)
 from t5jax.distributed import initialize_distributed  # noqa: F401 (re-exported)
 from t5jax.metrics import MetricsWriter
 from t5jax.model import init_params as model_init_params
@@ -74,6 +75,13 @@ class TrainResult:
   step: int
   history: list  # one dict of host metrics per step run in this call
   stopped: str  # 'done', 'preempted', 'nonfinite' or 'early_stopped'
+  frozen: Any = None  # an adapter run's frozen base (state.params: the trainable leaves)
+
+  @property
+  def params(self):
+    """The full parameters: state.params, plus the frozen base of an adapter run."""
+    return self.state.params if self.frozen is None else peft.combine(self.frozen,
+                                                                      self.state.params)
 
 
 class _SignalFlag:
@@ -316,14 +324,42 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
+def _adapter_start(model_config, init_params, seed: int, frozen_sh, prompt_ids):
+  """(frozen base on its devices, trainable leaves to start from) of an adapter run.
+
+  The base is `init_params` without adapter leaves (or the seed's random init of
+  the plain model); the trainable leaves are the adapter leaves `init_params`
+  already holds (an imported PEFT adapter), else `peft.init_adapter`'s.
+  """
+  from t5jax.conversion.tree import check_tree
+  base_config = peft.base_config(model_config)
+  if init_params is None:
+    init = jax.jit(lambda key: model_init_params(base_config, key))
+    init_params = jax.device_get(init(jax.random.PRNGKey(seed)))
+  base = peft.without_adapter_leaves(init_params)
+  check_tree(base, base_config, "init_params (the base of the adapter)")
+  frozen = jax.device_put(peft.split(model_config, base)[1], frozen_sh)
+  given = peft.split(model_config, init_params)[0]
+  if peft.count(given):  # adapter leaves given, or the norm scales of norm-only tuning
+    return frozen, given
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+  return frozen, peft.init_adapter(model_config, base, rng, prompt_ids)
+
+
 def train(model_config, config: TrainConfig, data_fn: DataFn, *,
           init_params=None, eval_data_fn: Callable[[], Iterator[dict]] | None = None,
           eval_hook: Callable[[int, Any], dict] | None = None,
-          verbose: bool = True) -> TrainResult:
+          verbose: bool = True, base_checkpoint: str | None = None,
+          base_step: int | None = None, prompt_ids=None) -> TrainResult:
   """Trains to config.num_steps, resuming from config.run_dir if it has checkpoints.
 
   init_params: float32 params (e.g. an imported pretrained checkpoint) to
   finetune from; ignored when the run directory already has a checkpoint.
+  With an adapter (model_config.adapter, t5jax.peft) they are the frozen base
+  and are needed on every start, resumes too (None: the seed's random init);
+  only the adapter trains and is checkpointed, and run_dir/base.json records
+  `base_checkpoint` (and `base_step`) as the base it belongs to. prompt_ids:
+  the token ids of AdapterConfig.prompt_init_text, for prompt_init='text'.
   eval_data_fn: a finite iterator of eval batches for teacher-forced loss and
   accuracy, every config.eval_every steps. eval_hook(step, params) -> dict of
   floats runs at the same steps (e.g. decoding plus the task's metrics).
@@ -346,15 +382,28 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
 
   # 2. Shardings, the start-up printout and the jitted steps.
   abstract, state_sh = steps.state_shardings(mesh, model_config, rule_set, tx)
+  adapter = model_config.adapter is not None
+  frozen_sh = full_sh = None
+  if adapter:
+    frozen_abstract, frozen_sh, full_sh = steps.frozen_shardings(mesh, model_config, rule_set)
   say(partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
                             state_sh.opt_state))
+  if adapter:
+    say(peft.describe_trainable(model_config, abstract.params,
+                                peft.count(abstract.params) + peft.count(frozen_abstract)))
   say(f"Kernels: {'XLA-CPU' if xla_cpu.enabled() else 'standard'} path "
       f"({xla_cpu.ENV}={xla_cpu.setting()}, backend {jax.default_backend()}).")
   step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
                                   skip_nonfinite=config.on_nonfinite == "skip")
   eval_fn = steps.make_eval_step(model_config, config.loss) if eval_data_fn else None
   compiled = steps.jit_steps(mesh, rule_set, state_sh, step_fn, eval_fn,
-                             config.compiler_options)
+                             config.compiler_options, frozen_sh, full_sh)
+  adapter_start = None
+  if adapter:  # the frozen base is needed by fresh starts and resumes alike
+    compiled.frozen, adapter_start = _adapter_start(model_config, init_params, config.seed,
+                                                    frozen_sh, prompt_ids)
+  full_params = (lambda s: peft.combine(compiled.frozen, s.params)) if adapter else (
+      lambda s: s.params)
 
   # 3. Resume from the latest good checkpoint, else initialise. A checkpoint may
   # come from another mesh, process count or parameter-free model config
@@ -377,6 +426,13 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
     return {"state": _abstract_with_shardings(old_abstract, old_sh), "rng": abstract_rng}
 
   start, restored, meta = ckpt.restore_latest(abstract_for)
+  base_ref = peft.read_base_reference(config.run_dir) if adapter else None
+  if restored is not None and base_ref and base_ref.get("checkpoint") and init_params is None:
+    raise UsageError(
+        f"{config.run_dir} trains a {model_config.adapter.method} adapter on the base "
+        f"{base_ref['checkpoint']} (its {peft.BASE_FILE}), but no base was given to resume "
+        f"with: pass the same init_checkpoint (train.init_checkpoint = "
+        f"{base_ref['checkpoint']!r}).")
   if restored is not None:
     state, base_rng = restored["state"], restored["rng"]
     if meta["model_config"].get("scan_layers", False) != model_config.scan_layers:
@@ -386,11 +442,13 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
     if changes:
       say(f"Changed since step {start} was saved: {changes}.")
   else:
-    state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed, init_params,
-                         config.compiler_options)
+    state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed,
+                         adapter_start if adapter else init_params, config.compiler_options)
     base_rng = jax.device_put(base_rng, rng_sh)
     start = 0
     say("Fresh start" + (" from the given params." if init_params is not None else "."))
+    if adapter and jax.process_index() == 0:
+      peft.write_base_reference(config.run_dir, base_checkpoint, config.seed, base_step)
 
   # 4. MFU bookkeeping.
   peak, peak_source = flops.peak_flops_per_device(config.peak_flops, model_config.dtype)
@@ -480,9 +538,9 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
       eval_metrics = {}
       if evaluating:
         if eval_data_fn:
-          eval_metrics = evaluate(compiled, state.params, eval_data_fn(), mesh, rule_set)
+          eval_metrics = evaluate(compiled, full_params(state), eval_data_fn(), mesh, rule_set)
         if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
-          eval_metrics.update(eval_hook(step, state.params))
+          eval_metrics.update(eval_hook(step, full_params(state)))
       # Step 1 too: the starting loss, against which the curve is read.
       if logging:
         interval = [h for h in hosts if "step_time" in h] or hosts
@@ -512,7 +570,8 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
     signals.restore()
     ckpt.close()
     writer.close()
-  return TrainResult(state=state, step=step, history=history, stopped=stopped)
+  return TrainResult(state=state, step=step, history=history, stopped=stopped,
+                     frozen=compiled.frozen)
 
 
 def evaluate(compiled, params, batches: Iterator[dict], mesh, rule_set) -> dict:

@@ -14,7 +14,7 @@ CORE_MODULES = ["t5jax", "t5jax.config", "t5jax.layers", "t5jax.model", "t5jax.c
                 "t5jax.conversion.hf", "t5jax.conversion.t5x", "t5jax.cli", "t5jax.decoding",
                 "t5jax.partitioning", "t5jax.optim", "t5jax.losses", "t5jax.train_step",
                 "t5jax.trainer", "t5jax.checkpoints", "t5jax.metrics", "t5jax.flops",
-                "t5jax.benchmark", "t5jax.plots", "t5jax.xla_cpu"]
+                "t5jax.benchmark", "t5jax.plots", "t5jax.xla_cpu", "t5jax.peft"]
 
 
 def test_core_imports_no_tensorflow():

@@ -15,6 +15,7 @@ COMPANIONS = {
     "runs": ["models/tiny.gin", "tasks/default_corpus.gin"],
     "tasks": ["models/tiny.gin", "runs/pretrain.gin"],
     "demo": [],
+    "peft": ["models/tiny.gin", "runs/finetune.gin", "tasks/default_corpus.gin"],
 }
 
 

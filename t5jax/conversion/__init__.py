@@ -58,7 +58,7 @@ def detect_format(path: str) -> str:
 
 
 def load_checkpoint(path: str, format: str | None = None, step: int | str | None = None,
-                    **overrides) -> tuple[T5Config, dict]:
+                    adapter: str | None = None, **overrides) -> tuple[T5Config, dict]:
   """(config, numpy params) from any supported checkpoint; overrides replace config fields.
 
   Checkpoints without a config (tf, t5x, orbax) have their architecture read
@@ -69,12 +69,18 @@ def load_checkpoint(path: str, format: str | None = None, step: int | str | None
   checkpoints saved from a scanned model).
   step: which checkpoint of a run directory (see load_run_step); only run
   directories have steps.
+  adapter: an HF PEFT adapter folder (adapter_config.json + adapter_model.safetensors:
+  LoRA, IA3 or prompt tuning) for this base; the config then carries the adapter
+  (T5Config.adapter) and the params its leaves, so `T5(config).apply` and
+  t5jax.decoding run the adapted model (t5jax.peft.merge_adapter folds LoRA / IA3 in).
+  A t5jax run directory trained with an adapter loads as base + adapter by itself.
   """
-  config, params, _ = load_checkpoint_step(path, format, step, **overrides)
+  config, params, _ = load_checkpoint_step(path, format, step, adapter=adapter, **overrides)
   return config, params
 
 
 def load_checkpoint_step(path: str, format: str | None = None, step: int | str | None = None,
+                         adapter: str | None = None,
                          **overrides) -> tuple[T5Config, dict, RunStep | None]:
   """load_checkpoint, plus which step was loaded (None unless `path` is a run directory)."""
   scan = overrides.pop("scan_layers", None)
@@ -88,6 +94,10 @@ def load_checkpoint_step(path: str, format: str | None = None, step: int | str |
                      "checkpoint, which holds one set of parameters. Drop --step.")
   else:
     config, params = _load(path, format, overrides)
+  if adapter is not None:
+    from t5jax import peft
+    from t5jax.model import unscan_params
+    config, params = peft.load_peft_adapter(adapter, *unscan_params(config, params))
   if scan is not None:
     from t5jax.model import scan_params, unscan_params  # heavier imports: only when asked
     config, params = (scan_params if scan else unscan_params)(config, params)
@@ -272,6 +282,9 @@ def _read_run_step(run_dir: str, step: int) -> tuple[T5Config, dict]:
   except Exception as e:  # orbax / TensorStore raise many types for damaged files
     where, why = _named_file(e, state), _one_line(e)
     raise _Unreadable(why if where in why else f"{where}: {why}") from e
+  if config.adapter is not None:  # an adapter run: its checkpoints hold the adapter only
+    from t5jax import peft
+    params = peft.combine(peft.load_base(run_dir, config), params)
   check_tree(params, config, f"{run_dir} step {step}")
   return config, params
 

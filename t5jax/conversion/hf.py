@@ -207,6 +207,10 @@ def load_hf(path: str, **overrides) -> tuple[T5Config, dict]:
 def save_hf(path: str, config: T5Config, params: dict) -> None:
   """Writes config.json + model.safetensors loadable by transformers."""
   from safetensors.numpy import save_file
+  if config.adapter is not None:
+    raise UsageError(f"An HF T5 checkpoint has no place for a {config.adapter.method} adapter: "
+                     "merge it first (t5jax.peft.merge_adapter; `t5jax convert` does), or "
+                     "write the adapter alone (t5jax.peft.save_peft_adapter, --to peft).")
   os.makedirs(path, exist_ok=True)
   hf_config = config
   if config.tie_word_embeddings and not config.scale_tied_logits:

@@ -1,0 +1,169 @@
+"""Parity with HF PEFT: LoRA, IA3 and prompt-tuning adapters of random HF T5 models.
+
+Each adapter is built in PEFT with its trainable tensors set to random values
+(PEFT's own init would make LoRA and IA3 the identity), saved as PEFT saves it,
+and read by t5jax; the adapted logits must equal PEFT's. t5jax's export must
+load back into PEFT with the same logits, and merging LoRA / IA3 into the base
+must change nothing.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import peft
+import pytest
+import torch
+import transformers
+
+from hf_reference import batch, hf_model
+from t5jax import peft as t5peft
+from t5jax.cli import main
+from t5jax.conversion import load_checkpoint
+from t5jax.decoding import DecodeConfig, decode
+from t5jax.errors import UsageError
+from t5jax.model import T5
+
+FAST = {"xla_backend_optimization_level": 0}
+TOL = 1e-4  # float32, relative to the logits' scale (as tests/test_conversion_hf.py)
+HEADS = {"tied": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+         "untied": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)}
+
+
+def peft_config(method, gated):
+  if method == "lora":
+    mlp = ["wi_0", "wi_1", "wo"] if gated else ["wi", "wo"]
+    return peft.LoraConfig(task_type="SEQ_2_SEQ_LM", r=4, lora_alpha=8,
+                           target_modules=["q", "k", "v", "o", *mlp])
+  if method == "ia3":
+    return peft.IA3Config(task_type="SEQ_2_SEQ_LM")  # T5 defaults: k, v, wo (feedforward)
+  return peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=5,
+                                 num_transformer_submodules=1)
+
+
+def peft_model(method, head, seed=0):
+  """A PEFT model around a random HF T5, its adapter tensors random (not PEFT's init)."""
+  model = peft.get_peft_model(hf_model(seed=seed, **HEADS[head]),
+                              peft_config(method, HEADS[head]["feed_forward_proj"] != "relu"))
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if p.requires_grad:
+        noise = torch.randn(p.shape, generator=gen) * 0.1
+        p.copy_(noise + 1.0 if "ia3" in name else noise * (10.0 if "prompt" in name else 1.0))
+  return model.eval()
+
+
+def peft_logits(model, enc, dec):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(enc, dtype=torch.long),
+                 attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+                 decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+
+
+def t5jax_logits(config, params, enc, dec):
+  # Jitted at XLA's lowest optimisation level (same float32 maths): faster than eager.
+  fn = jax.jit(lambda p, e, d: T5(config).apply({"params": p}, e, d), compiler_options=FAST)
+  return np.asarray(fn(params, jnp.asarray(enc), jnp.asarray(dec)))
+
+
+def close(a, b):
+  return np.abs(a - b).max() <= TOL * max(1.0, np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+  """{(method, head): (base dir, adapter dir, PEFT reference logits, PEFT greedy tokens)}."""
+  root = tmp_path_factory.mktemp("peft")
+  enc, dec = batch()
+  out = {}
+  for head in HEADS:
+    base = str(root / f"base_{head}")
+    hf_model(**HEADS[head]).save_pretrained(base)
+    for method in ("lora", "ia3", "prompt"):
+      model = peft_model(method, head)
+      adapter = str(root / f"{method}_{head}")
+      model.save_pretrained(adapter)
+      with torch.no_grad():
+        generated = model.generate(input_ids=torch.tensor(enc[:1], dtype=torch.long),
+                                   attention_mask=torch.tensor(enc[:1] > 0, dtype=torch.long),
+                                   max_new_tokens=6, do_sample=False, num_beams=1).numpy()
+      out[method, head] = (base, adapter, peft_logits(model, enc, dec), generated)
+  return out
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+@pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
+def test_peft_adapter_gives_peft_logits_and_exports_back(method, head, folders, tmp_path):
+  base, adapter, reference, generated = folders[method, head]
+  enc, dec = batch()
+  config, params = load_checkpoint(base, adapter=adapter)
+  assert config.adapter.method == method
+  logits = t5jax_logits(config, params, enc, dec)
+  assert close(logits, reference), np.abs(logits - reference).max()
+
+  # Greedy decoding (the incremental path: LoRA folded into the kernels per step, the
+  # prompt in the cached encoder output) gives PEFT's generate tokens. One head and
+  # no IA3 (LoRA's fold with a scale) only: decoding compiles a loop per model.
+  if head == "untied" and method != "ia3":
+    tokens = np.asarray(decode(params, config, enc[:1],
+                               DecodeConfig(max_decode_length=6)).tokens)
+    want = generated[0, 1:]  # generate starts with decoder_start_token_id
+    np.testing.assert_array_equal(tokens[0, 0, :len(want)], want)
+
+  # Export -> PEFT load gives the same logits.
+  t5peft.save_peft_adapter(str(tmp_path / "export"), config, params)
+  reloaded = peft.PeftModel.from_pretrained(
+      transformers.T5ForConditionalGeneration.from_pretrained(base), str(tmp_path / "export"))
+  assert close(peft_logits(reloaded.eval(), enc, dec), logits)
+
+  if method == "prompt":
+    with pytest.raises(UsageError, match="cannot be merged"):
+      t5peft.merge_adapter(config, params)
+    return
+  merged_config, merged = t5peft.merge_adapter(config, params)
+  assert merged_config.adapter is None
+  assert close(t5jax_logits(merged_config, merged, enc, dec), logits)
+
+
+def test_convert_merges_an_adapter_into_a_plain_hf_checkpoint(folders, tmp_path, capsys):
+  enc, dec = batch()
+  for method in ("lora", "ia3"):
+    base, adapter, reference, _ = folders[method, "untied"]
+    out = str(tmp_path / method)
+    assert main(["convert", base, out, "--adapter", adapter]) == 0
+    assert "Merged the" in capsys.readouterr().out
+    merged = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+    assert close(peft_logits(merged, enc, dec), reference)
+  base, adapter, _, _ = folders["prompt", "untied"]
+  assert main(["convert", base, str(tmp_path / "p"), "--adapter", adapter]) == 2
+  assert "cannot be merged" in capsys.readouterr().err
+
+
+def test_bad_adapter_folders_are_named(folders, tmp_path):
+  base, adapter, _, _ = folders["lora", "untied"]
+  with pytest.raises(UsageError, match="lacks adapter_model.safetensors"):
+    os.makedirs(tmp_path / "empty")
+    with open(tmp_path / "empty" / "adapter_config.json", "w") as f:
+      json.dump({"peft_type": "LORA"}, f)
+    load_checkpoint(base, adapter=str(tmp_path / "empty"))
+  # An adapter for another base: the tied model has a relu MLP (wi), the untied one wi_0.
+  other_base, _, _, _ = folders["lora", "tied"]
+  with pytest.raises(UsageError, match="adapts no T5 attention or MLP kernel"):
+    load_checkpoint(other_base, adapter=adapter)
+  wide = str(tmp_path / "wide")
+  hf_model(d_model=48, **HEADS["untied"]).save_pretrained(wide)
+  with pytest.raises(UsageError, match="another base model"):
+    load_checkpoint(wide, adapter=adapter)
+  with open(os.path.join(adapter, "adapter_config.json")) as f:
+    fields = json.load(f)
+  os.makedirs(tmp_path / "prefix")
+  with open(tmp_path / "prefix" / "adapter_config.json", "w") as f:
+    json.dump(dict(fields, peft_type="PREFIX_TUNING"), f)
+  with open(os.path.join(adapter, "adapter_model.safetensors"), "rb") as src, \
+      open(tmp_path / "prefix" / "adapter_model.safetensors", "wb") as dst:
+    dst.write(src.read())
+  with pytest.raises(UsageError, match="PREFIX_TUNING"):
+    load_checkpoint(base, adapter=str(tmp_path / "prefix"))
