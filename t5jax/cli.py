@@ -102,6 +102,8 @@ def _gin_command(name: str):
                          ("input_file", "input_file"), ("step", "step")):
       if getattr(args, flag, None):
         bindings.append(f"{name}.{target} = {getattr(args, flag)!r}")
+    if getattr(args, "quantize", None):
+      bindings.append(f"DecodeConfig.quantize = {args.quantize!r}")
     search = [p for p in args.gin_search_paths.split(",") if p]
     import gin
     gin.clear_config()  # one command, one configuration (matters when called in-process)
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     if name == "infer":
       p.add_argument("--output", help="JSONL file to write")
       p.add_argument("--input_file", help="text (one input per line) or JSONL with 'inputs'")
+      p.add_argument("--quantize", choices=["int8"],
+                     help="int8 weights and matmuls (DecodeConfig.quantize; see README)")
     p.set_defaults(run=_gin_command(entry))
 
   p = sub.add_parser("tasks", help="list the tasks and mixtures DataConfig.task can name, "

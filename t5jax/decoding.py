@@ -42,6 +42,8 @@ class DecodeConfig:
   top_p: float = 1.0  # 1.0: off
   no_repeat_ngram_size: int = 0  # 0: off; as HF's no_repeat_ngram_size
   min_decode_length: int = 0  # EOS is banned before this many new tokens (HF min_new_tokens)
+  # 'int8': int8 weights and int8 x int8 matmuls (t5jax.quantize; `t5jax infer --quantize`)
+  quantize: str | None = None
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -54,6 +56,8 @@ class DecodeConfig:
                        f"num_beams={self.num_beams}.")
     if self.num_decodes < 1 or self.num_beams < 1 or self.top_k < 0:
       raise UsageError("num_decodes and num_beams must be >= 1 and top_k >= 0.")
+    if self.quantize not in (None, "int8"):
+      raise UsageError(f"DecodeConfig.quantize={self.quantize!r}: None or 'int8'.")
     if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
       raise UsageError(f"top_p={self.top_p} must be in (0, 1] and temperature="
                        f"{self.temperature} >= 0.")
@@ -355,6 +359,7 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   if rng is None:
     rng = jax.random.PRNGKey(0)
   config = config.replace(dropout_rate=0.0)
+  quantize = quantize or cfg.quantize
   if mesh is None:
     return _decode_jit(prepare_params(params, config, quantize), tokens, rng, config, cfg)
   if isinstance(params, DecodeParams):

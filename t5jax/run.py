@@ -562,7 +562,8 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
   if not examples:
     raise UsageError(f"No inputs to run: {input_file or f'{task}:{split}'} is empty.")
   truncated = 0
-  prepared = prepare_params(params, config) if mode == "predict" else None  # once for all
+  prepared = (prepare_params(params, config, decode_config.quantize)  # once for all
+              if mode == "predict" else None)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
     for start in range(0, len(examples), batch_size):
@@ -597,29 +598,42 @@ def infer(checkpoint: str = gin.REQUIRED, output: str = gin.REQUIRED,
 
 
 def read_inputs(input_file, vocabulary, data, task, split, max_examples):
-  """Dicts with 'inputs' (and maybe 'targets') text from a file or a task split."""
+  """Dicts with 'inputs' (and maybe 'targets') text from a file or a task split.
+
+  For task='local_pairs', DataConfig.pairs_prefix is put before each input of the file too,
+  as on the pairs files the model was trained on."""
   if input_file:
-    if not os.path.isfile(input_file):
-      raise UsageError(f"infer input_file={input_file!r} does not exist (pass a text file, one "
-                       "input per line, or JSONL with an 'inputs' field per line).")
-    with open(input_file, encoding="utf-8") as f:
-      lines = [line.rstrip("\n") for line in f if line.strip()]
-    for line in lines[:max_examples]:
-      if input_file.endswith((".jsonl", ".json")):
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise UsageError(f"{input_file}: not a JSON line ({e}): {line[:80]}") from None
-        if not isinstance(record, dict) or "inputs" not in record:
-          raise UsageError(f"{input_file}: each JSONL line needs an 'inputs' field: {line[:80]}")
-        yield record
-      else:
-        yield {"inputs": line}
+    prefix = data.pairs_prefix.strip() if task == LOCAL_PAIRS_TASK else ""
+    for record in _read_input_file(input_file, max_examples):
+      if prefix:
+        record = {**record, "inputs": f"{prefix} {record['inputs']}"}
+      yield record
     return
+  # A task split: its inputs as the model sees them (a local_pairs prefix included).
   for batch in itertools.islice(batches(data, task, split, 1, train=False, pack=False),
                                 max_examples):
     text = lambda key: vocabulary.decode([int(t) for t in batch[key][0] if t > 1])
     yield {"inputs": text("encoder_input_tokens"), "targets": text("decoder_target_tokens")}
+
+
+def _read_input_file(input_file, max_examples):
+  """Dicts with 'inputs' from a text file (one input a line) or JSONL with an 'inputs' field."""
+  if not os.path.isfile(input_file):
+    raise UsageError(f"infer input_file={input_file!r} does not exist (pass a text file, one "
+                     "input per line, or JSONL with an 'inputs' field per line).")
+  with open(input_file, encoding="utf-8") as f:
+    lines = [line.rstrip("\n") for line in f if line.strip()]
+  for line in lines[:max_examples]:
+    if input_file.endswith((".jsonl", ".json")):
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UsageError(f"{input_file}: not a JSON line ({e}): {line[:80]}") from None
+      if not isinstance(record, dict) or "inputs" not in record:
+        raise UsageError(f"{input_file}: each JSONL line needs an 'inputs' field: {line[:80]}")
+      yield record
+    else:
+      yield {"inputs": line}
 
 
 def _pad_rows(rows, length):

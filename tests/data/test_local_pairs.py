@@ -85,6 +85,13 @@ def test_pairs_train_eval_infer_end_to_end(spm, tmp_path):
   assert [r["inputs"] for r in records] == [f"name the animal {i}" for i, _ in PAIRS[:4]]
   assert [r["targets"] for r in records] == [t for _, t in PAIRS[:4]]
   assert all(isinstance(r["prediction"], str) for r in records)
+  # An input file gets the prefix too; with int8 weights and matmuls (`infer --quantize`).
+  inputs = tmp_path / "inputs.txt"
+  inputs.write_text("".join(f"{i}\n" for i, _ in PAIRS[:2]))
+  assert run.infer(str(run_dir), str(out), input_file=str(inputs), data=cfg, batch_size=8,
+                   decode_config=DecodeConfig(max_decode_length=4, quantize="int8")) == 2
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["inputs"] for r in records] == [f"name the animal {i}" for i, _ in PAIRS[:2]]
 
 
 def test_pairs_task_splits_prefix_and_packing(spm, tmp_path):
