@@ -336,15 +336,11 @@ def _known_splits(tfds_name):
 
 def _register(name, vocabulary, tfds_name, text_steps, metric_fns,
               postprocess_fn, splits=None):
-  tasks_lib.register_task(
-      name,
-      source=tasks_lib.TfdsSource(tfds_name=f"{tfds_name}:*.*.*",
-                                  splits=splits,
-                                  known_splits=_known_splits(tfds_name)),
-      preprocessors=[*text_steps, seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=tasks_lib.output_features(vocabulary),
-      postprocess_fn=postprocess_fn, metric_fns=metric_fns)
+  tasks_lib.register_text_task(
+      name, vocabulary,
+      tasks_lib.TfdsSource(tfds_name=f"{tfds_name}:*.*.*", splits=splits,
+                           known_splits=_known_splits(tfds_name)),
+      text_steps, metric_fns, postprocess_fn)
 
 
 def register_glue_tasks(vocabulary: seqio.Vocabulary, *,

@@ -95,6 +95,18 @@ def register_task(name: str, **kwargs) -> seqio.Task:
   return seqio.TaskRegistry.add(name, **kwargs)
 
 
+def register_text_task(name: str, vocabulary: seqio.Vocabulary, source: seqio.DataSource,
+                       text_steps, metric_fns, postprocess_fn=None) -> seqio.Task:
+  """A supervised text-to-text task: `text_steps` make the 'inputs' / 'targets' strings,
+  then tokenise and append EOS (GLUE, SuperGLUE, summarisation, translation, QA)."""
+  return register_task(
+      name, source=source,
+      preprocessors=[*text_steps, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=output_features(vocabulary),
+      postprocess_fn=postprocess_fn, metric_fns=metric_fns)
+
+
 @functools.lru_cache(maxsize=8)
 def _tokenized_corpus(files: tuple[str, ...], spm_file: str, doc_per: str,
                       on_decode_error: str, fingerprint: str):

@@ -126,14 +126,10 @@ def _known_splits(tfds_name):
 
 def _register(name, vocabulary, tfds_name, steps, metric_fns,
               postprocess_fn=None):
-  tasks_lib.register_task(
-      name,
-      source=tasks_lib.TfdsSource(tfds_name=tfds_name,
-                                  known_splits=_known_splits(tfds_name)),
-      preprocessors=[*steps, seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=tasks_lib.output_features(vocabulary),
-      postprocess_fn=postprocess_fn, metric_fns=metric_fns)
+  tasks_lib.register_text_task(
+      name, vocabulary,
+      tasks_lib.TfdsSource(tfds_name=tfds_name, known_splits=_known_splits(tfds_name)),
+      steps, metric_fns, postprocess_fn)
 
 
 def register_text_tasks(vocabulary: seqio.Vocabulary, *,
