@@ -47,12 +47,14 @@ def test_bench_decode_tiny(capsys):
   bench = load_benchmark("bench_decode")
   results = bench.main(["--preset", "tiny", "--batch", "2", "--input_len", "8",
                         "--new_tokens", "3", "--repeats", "1", "--dtype", "float32,bfloat16"])
-  assert set(results) == {(d, m) for d in ("float32", "bfloat16") for m in ("greedy", "beam-4")}
-  for rates in results.values():
-    assert rates["t5jax"] > 0 and rates["hf"] > 0
+  assert set(results) == {(d, m) for d in ("float32", "bfloat16", "int8")
+                          for m in ("greedy", "beam-4")}
+  for (dtype, _), rates in results.items():
+    assert rates["t5jax"] > 0 and (dtype == "int8" or rates["hf"] > 0)
   for method in ("greedy", "beam-4"):  # CTranslate2 rides with the float32 rows
     assert results["float32", method]["ct2-float32"] > 0
     assert results["float32", method]["ct2-int8"] > 0
   out = capsys.readouterr().out
   assert "float32 greedy tokens identical: t5jax, hf, ct2" in out
+  assert "t5jax int8 greedy tokens equal to float32's" in out and "| int8 | greedy |" in out
   assert "| bfloat16 | greedy |" in out

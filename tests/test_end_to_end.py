@@ -109,6 +109,38 @@ def test_finetune_on_glue_under_mock_data(workspace, pretrained, tmp_path):
   assert any("eval/glue_sst2/accuracy" in r and "eval/loss" in r for r in records), records
 
 
+def test_every_peft_gin_finetunes_on_glue_under_mock_data(workspace, pretrained, tmp_path):
+  """gin_configs/peft/*.gin on the `make pretrain`-style checkpoint, through `t5jax train`:
+  LoRA with the eval hook (decoded and scored as base + adapter) and `t5jax eval` of its
+  run directory; IA3, prompt tuning and norm-only a step each."""
+  root, data = workspace
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  common = ["--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+            "--gin_file=tasks/glue_sst2.gin", f"--gin.train.init_checkpoint='{pretrained}'",
+            f"--gin.DataConfig.data_dir='{data_dir}'", "--gin.TrainConfig.batch_size=8",
+            "--gin.DataConfig.eval_examples=8", "--gin.DataConfig.eval_batches=1",
+            "--gin.train.show_examples=0", *TINY, *FAST, *data]
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    lora = tmp_path / "lora"
+    assert main(["train", "--gin_file=peft/lora.gin", f"--run_dir={lora}", *common,
+                 "--gin.TrainConfig.num_steps=2", "--gin.TrainConfig.eval_every=2"]) == 0
+    assert main(["eval", "--gin_file=runs/eval.gin", "--gin_file=tasks/glue_sst2.gin",
+                 f"--checkpoint={lora}", f"--gin.DataConfig.data_dir='{data_dir}'",
+                 "--gin.evaluate.max_examples=8", "--gin.DecodeConfig.max_decode_length=4",
+                 *data]) == 0
+    for method in ("ia3", "prompt_tuning", "norm_only"):
+      assert main(["train", f"--gin_file=peft/{method}.gin", f"--run_dir={tmp_path / method}",
+                   *common, "--gin.TrainConfig.num_steps=1",
+                   "--gin.TrainConfig.eval_every=0"]) == 0, method
+      assert os.path.exists(tmp_path / method / "base.json"), method
+  with open(lora / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert any("eval/glue_sst2/accuracy" in r for r in records), records
+  with open(lora / "eval.jsonl") as f:
+    assert "eval/glue_sst2/accuracy" in json.loads(f.readlines()[-1])
+
+
 def test_run_dir_of_another_model_is_refused(workspace, pretrained, capsys):
   root, data = workspace
   assert _pretrain(root, data, pretrained, "--gin.model_config.d_ff=96") == 2
