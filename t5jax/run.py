@@ -509,8 +509,11 @@ def seqio_metrics(config, params, data, task, batch_size, decode_config, max_exa
     out = []
     for indices, features in dataset.batch(batch_size).as_numpy_iterator():
       tokens = decode(params, config, features["encoder_input_tokens"], decode_config).tokens
+      # Whole rows (EOS, then padding): seqio stacks the predictions into one array and
+      # its vocabulary's decode stops at the EOS. Rows cut at their EOS would have
+      # different lengths, which seqio cannot stack.
       for i, row in zip(indices, np.asarray(tokens[:, 0])):
-        out.append((int(i), [int(t) for t in row if t > 0 and t != config.eos_token_id]))
+        out.append((int(i), [int(t) for t in row]))
     return out
 
   try:

@@ -112,6 +112,42 @@ def test_pairs_task_splits_prefix_and_packing(spm, tmp_path):
   assert batch["encoder_segment_ids"].max() > 1  # several pairs per row
 
 
+def test_scores_predictions_that_end_at_different_lengths(spm, tmp_path, monkeypatch):
+  """A trained model stops at EOS after a varying number of tokens; seqio stacks the
+  predictions into one array, so run.seqio_metrics passes whole rows (regression: rows
+  cut at EOS had different lengths and scoring failed)."""
+  from t5jax import run
+  from t5jax.config import get_config
+  from t5jax.decoding import DecodeConfig, DecodeOutput
+  import jax.numpy as jnp
+  import numpy as np
+  rows = [("say a", "cat"), ("say b", "a big dog"), ("say c", "bird"), ("say d", "fish")]
+  path = _write(tmp_path / "v.tsv", "".join(f"{a}\t{b}\n" for a, b in rows))
+  vocabulary = data.get_vocabulary(spm)
+  data.register_pairs_task("test_pairs_lengths", vocabulary, path, path)
+  # the first three targets exactly (EOS after a varying number of pieces), the last a wrong word
+  answers = [vocabulary.encode(t) for _, t in rows[:3]] + [vocabulary.encode("cow")]
+  length = 24
+  assert len({len(a) for a in answers}) > 1 and max(map(len, answers)) < length
+
+  def fake_decode(params, config, tokens, cfg):
+    out = np.zeros((tokens.shape[0], 1, length), np.int32)
+    for r, tok in enumerate(tokens):  # the row's answer, chosen by its input's last piece
+      ids = answers["abcd".index(vocabulary.decode(
+          [int(t) for t in tok if t > 1])[-1])] + [1]
+      out[r, 0, :len(ids)] = ids
+    return DecodeOutput(jnp.asarray(out), jnp.zeros((tokens.shape[0], 1)))
+
+  from t5jax import decoding
+  monkeypatch.setattr(decoding, "decode", fake_decode)  # run.seqio_metrics imports them
+  monkeypatch.setattr(decoding, "prepare_params", lambda params, config: params)
+  cfg = run.DataConfig(task="test_pairs_lengths", inputs_length=16, targets_length=length,
+                       eval_split="validation")
+  metrics = run.seqio_metrics(get_config("tiny"), {}, cfg, "test_pairs_lengths", 4,
+                              DecodeConfig(max_decode_length=length), None)
+  assert metrics == {"eval/test_pairs_lengths/exact_match": 75.0}
+
+
 @pytest.mark.parametrize("name,content,message", [
     ("one.tsv", "input only\n", "line 1 has 1 tab-separated field(s)"),
     ("three.tsv", "a\tb\n\nx\ty\tz\n", "line 3 has 3 tab-separated"),
