@@ -47,6 +47,62 @@ UL2 = ["objective_span_corruption", "objective_ul2"]
 SETS = {"objectives": OBJECTIVES, "rates": RATES, "spans": SPANS,
         "all": list(dict.fromkeys(OBJECTIVES + RATES + SPANS)), "ul2": UL2}
 
+# The paper's baseline objective: it runs with --seeds seeds, whose spread says which
+# downstream differences are real. FLOOR is the same finetuning from random init.
+BASELINE = "objective_span_corruption"
+FLOOR = "no_pretraining"
+
+# The paper's figures, GLUE average / SuperGLUE average (Raffel et al. 2020), and the row
+# of the same table each one is compared with: Table 7's span 3 (T5's span corruption,
+# our BASELINE) for the objectives and span lengths, Table 6's 15% for the corruption
+# rates (that table varied the i.i.d. objective's rate; ours varies span corruption's).
+PAPER = {
+    "objective_prefix_lm": ("Table 4", "prefix LM", 80.69, 65.27),
+    "objective_bert_mlm": ("Table 4", "BERT-style", 82.96, 69.85),
+    "objective_deshuffling": ("Table 4", "deshuffling", 73.17, 58.47),
+    "objective_mass": ("Table 5", "MASS-style", 82.32, 69.28),
+    "objective_iid_noise": ("Table 5", "replace corrupted spans", 83.28, 71.36),
+    "objective_drop_tokens": ("Table 5", "drop corrupted tokens", 84.44, 68.67),
+    "rate_10": ("Table 6", "corruption rate 10%", 82.82, 69.55),
+    "rate_25": ("Table 6", "corruption rate 25%", 83.00, 70.48),
+    "rate_50": ("Table 6", "corruption rate 50%", 81.27, 70.33),
+    "span_2": ("Table 7", "mean span 2", 83.54, 72.20),
+    BASELINE: ("Table 7", "mean span 3", 83.49, 72.53),
+    "span_5": ("Table 7", "mean span 5", 83.40, 72.23),
+    "span_10": ("Table 7", "mean span 10", 82.85, 70.44),
+}
+PAPER_RATE_15 = (83.28, 71.36)  # Table 6, 15% (the i.i.d. baseline)
+
+
+def paper_delta(name: str) -> tuple[float, float] | None:
+  """(GLUE, SuperGLUE) of a config minus its reference row in the paper (PAPER)."""
+  if name not in PAPER or name == BASELINE:
+    return None
+  ref = PAPER_RATE_15 if name.startswith("rate_") else PAPER[BASELINE][2:]
+  return PAPER[name][2] - ref[0], PAPER[name][3] - ref[1]
+
+
+def spread(values: list[float]) -> float | None:
+  """Run-to-run spread: the sample standard deviation over seeds (None under 2 seeds)."""
+  return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def distinguishable(delta: float, noise: float | None) -> bool | None:
+  """A difference counts only at twice the baseline's seed spread or more."""
+  return None if noise is None else abs(delta) >= 2 * noise
+
+
+def direction(ours: float, paper: float | None, noise: float | None) -> str:
+  """Our difference from the baseline against the paper's, row by row."""
+  if paper is None:
+    return "-"
+  if noise is not None and abs(ours) < 2 * noise:
+    return "within our noise"
+  if noise is None:
+    return "no spread measured"
+  return "agrees" if (ours > 0) == (paper > 0) else "disagrees"
+
+
 # Rows whose validation losses can be compared with each other: the same
 # target format (sentinel + span lists). Other objectives predict different
 # things (the whole text, a suffix, only dropped tokens): their per-token
@@ -158,6 +214,7 @@ def downstream(run_dir: str, args) -> dict:
   from t5jax.cli import main
   task = f"glue_{args.glue_task}"
   ft_dir = os.path.join(run_dir, task)
+  finetune_steps = args.finetune_steps or 200
   data = [f"--gin.DataConfig.data_dir='{args.data_dir}'", "--gin.DataConfig.inputs_length=128",
           "--gin.DataConfig.targets_length=8"]
   # The pretrained model's architecture: --preset / --model as in pretraining.
@@ -165,9 +222,9 @@ def downstream(run_dir: str, args) -> dict:
   model += [f"--gin_file={args.model}"] if args.model else []
   if main(["train", "--gin_file=demo/finetune_cpu.gin", f"--gin_file=tasks/{task}.gin",
            f"--run_dir={ft_dir}", f"--gin.train.init_checkpoint='{run_dir}'", *data, *model,
-           f"--gin.TrainConfig.num_steps={args.finetune_steps}",
+           f"--gin.TrainConfig.num_steps={finetune_steps}",
            "--gin.TrainConfig.eval_every=0", "--gin.train.show_examples=0",
-           f"--gin.CheckpointConfig.every_steps={args.finetune_steps}"]) != 0:
+           f"--gin.CheckpointConfig.every_steps={finetune_steps}"]) != 0:
     raise RuntimeError(f"finetuning {run_dir} on {task} failed")
   if main(["eval", "--gin_file=runs/eval.gin", f"--gin_file=tasks/{task}.gin",
            "--gin_file=demo/model_cpu.gin", f"--checkpoint={ft_dir}", *data,
@@ -180,13 +237,73 @@ def downstream(run_dir: str, args) -> dict:
   return {k.split(f"{task}/", 1)[1]: v for k, v in metrics.items() if f"{task}/" in k}
 
 
-def run_one(name: str, args) -> dict:
+def package_task(args) -> dict:
+  """The offline downstream task (t5jax.data.downstream), built once under --task_dir."""
+  from t5jax.data import downstream as downstream_lib
+  return downstream_lib.build_package_task(
+      args.task_dir, num_classes=args.task_classes, train_per_class=args.task_train,
+      validation_per_class=args.task_validation)
+
+
+def package_downstream(init_dir: str | None, ft_dir: str, seed: int, task: dict,
+                       args) -> dict:
+  """Finetunes init_dir (None: random init, the floor) on the docstring_package task with
+  experiments/finetune/docstring_package.gin, then scores every validation example by
+  exact match (`t5jax eval`). Returns {"accuracy", "finetune_s"}."""
   from t5jax.cli import main
-  run_dir = os.path.join(args.run_root, name)
+  if os.path.exists(ft_dir) and not args.resume:
+    shutil.rmtree(ft_dir)
+  pairs = [f"--gin.DataConfig.pairs_train='{task['train']}'",
+           f"--gin.DataConfig.pairs_validation='{task['validation']}'"]
+  model = [f for f in scale_bindings(args) if f.startswith("--gin.model_config.")]
+  model += [f"--gin_file={args.model}"] if args.model else []
+  init = [f"--gin.train.init_checkpoint='{init_dir}'"] if init_dir else []
+  steps = [f"--gin.TrainConfig.num_steps={args.finetune_steps}",
+           f"--gin.CheckpointConfig.every_steps={args.finetune_steps}"
+           ] if args.finetune_steps else []
+  if args.finetune_batch:
+    steps.append(f"--gin.TrainConfig.batch_size={args.finetune_batch}")
+  start = time.perf_counter()
+  argv = ["train", "--gin_search_paths=" + HERE, "--gin_file=finetune/docstring_package.gin",
+          f"--run_dir={ft_dir}", *init, *pairs, *model, *steps,
+          f"--gin.TrainConfig.seed={seed}", f"--gin.DataConfig.seed={seed}",
+          *[f"--gin.{b}" for b in args.gin if b.startswith(("TrainConfig.compiler",
+                                                             "TrainConfig.peak"))]]
+  print(f"\n--- finetune: t5jax {' '.join(argv)}", flush=True)
+  if main(argv) != 0:
+    raise RuntimeError(f"finetuning {init_dir or 'a random init'} on the package task failed")
+  if main(["eval", "--gin_search_paths=" + HERE, "--gin_file=finetune/docstring_package.gin",
+           "--gin_file=runs/eval.gin", f"--checkpoint={ft_dir}", *pairs,
+           "--gin.DataConfig.inputs_length=128", "--gin.DataConfig.targets_length=8",
+           "--gin.DecodeConfig.max_decode_length=8"]) != 0:
+    raise RuntimeError(f"evaluating {ft_dir} on the package task failed")
+  with open(os.path.join(ft_dir, "eval.jsonl")) as f:
+    metrics = json.loads(f.readlines()[-1])
+  return {"accuracy": metrics["eval/local_pairs/exact_match"] / 100,
+          "finetune_s": time.perf_counter() - start}
+
+
+def run_dir_of(name: str, seed: int, args) -> str:
+  return os.path.join(args.run_root, name if seed == 0 else f"{name}-seed{seed}")
+
+
+def run_floor(seed: int, task: dict, args) -> dict:
+  """The paper's "no pretraining" row: the same finetuning from random init."""
+  ft_dir = os.path.join(run_dir_of(FLOOR, seed, args), "docstring_package")
+  print(f"\n=== {FLOOR} (seed {seed})", flush=True)
+  row = {"config": FLOOR, "seed": seed, "objective": "-", "group": "floor"}
+  row["package"] = package_downstream(None, ft_dir, seed, task, args)
+  return row
+
+
+def run_one(name: str, seed: int, task: dict | None, args) -> dict:
+  from t5jax.cli import main
+  run_dir = run_dir_of(name, seed, args)
   if os.path.exists(run_dir) and not args.resume:
     shutil.rmtree(run_dir)
-  argv = train_args(name, run_dir, args)
-  print(f"\n=== {name}: t5jax {' '.join(argv)}", flush=True)
+  argv = train_args(name, run_dir, args) + [f"--gin.TrainConfig.seed={seed}",
+                                             f"--gin.DataConfig.seed={seed}"]
+  print(f"\n=== {name} (seed {seed}): t5jax {' '.join(argv)}", flush=True)
   start = time.perf_counter()
   if main(argv) != 0:
     raise RuntimeError(f"t5jax {' '.join(argv)} failed")
@@ -197,7 +314,7 @@ def run_one(name: str, args) -> dict:
   tail = [r["loss"] for r in train if r["step"] > 0.8 * steps] or [train[-1]["loss"]]
   data = bound_data_config(run_dir)
   row = {
-      "config": name, "objective": data["objective"],
+      "config": name, "seed": seed, "objective": data["objective"],
       "noise_density": float(data["noise_density"]),
       "mean_noise_span_length": float(data["mean_noise_span_length"]),
       "inputs_length": int(data["inputs_length"]), "targets_length": int(data["targets_length"]),
@@ -215,9 +332,40 @@ def run_one(name: str, args) -> dict:
   final = final_eval(name, run_dir, records, args)
   row.update(eval_loss=final["loss"], eval_accuracy=final["accuracy"],
              group="span" if row["objective"] in SPAN_FORMAT else row["objective"])
+  if task is not None:
+    row["package"] = package_downstream(run_dir, os.path.join(run_dir, "docstring_package"),
+                                        seed, task, args)
   if args.data_dir:
     row["downstream"] = downstream(run_dir, args)
   return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+  """One entry per config (in first-run order): downstream accuracy over its seeds (mean,
+  spread), its difference from the baseline's mean, whether that difference is at least
+  twice the baseline's spread, and the paper's figures and verdict."""
+  by_config: dict[str, list[dict]] = {}
+  for r in rows:
+    by_config.setdefault(r["config"], []).append(r)
+  acc = lambda rs: [r["package"]["accuracy"] for r in rs if r.get("package")]
+  base = acc(by_config.get(BASELINE, []))
+  base_mean = statistics.fmean(base) if base else None
+  noise = spread(base)
+  out = []
+  for name, rs in by_config.items():
+    values = acc(rs)
+    entry = {"config": name, "seeds": sorted(r.get("seed", 0) for r in rs), "accuracy": values,
+             "mean": statistics.fmean(values) if values else None, "spread": spread(values),
+             "eval_loss": statistics.fmean(r["eval_loss"] for r in rs) if "eval_loss" in rs[0]
+             else None, "paper": PAPER.get(name), "paper_delta": paper_delta(name)}
+    if values and base_mean is not None and name != BASELINE:
+      delta = entry["mean"] - base_mean
+      entry.update(delta=delta, distinguishable=distinguishable(delta, noise),
+                   direction=direction(delta, (entry["paper_delta"] or (None,))[0], noise)
+                   # the paper's no-pretraining row is far below its baseline (Table 1)
+                   if name != FLOOR else direction(delta, -1.0, noise))
+    out.append(entry)
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -227,44 +375,103 @@ def _fmt(x, spec=".3f"):
   return "" if x is None else format(x, spec)
 
 
+def _pct(x):
+  return "" if x is None else f"{100 * x:.1f}"
+
+
+def downstream_table(rows: list[dict], meta: dict) -> list[str]:
+  """The paper's protocol: downstream accuracy per config, its seed spread, the difference
+  from the baseline, and the paper's figures with the verdict."""
+  summary = summarise(rows)
+  base = next((e for e in summary if e["config"] == BASELINE), None)
+  noise = base and base["spread"]
+  task = meta.get("task", {})
+  lines = [
+      "## Downstream: finetuned on docstring_package, scored by exact match", "",
+      f"Task: {task.get('description', 'docstring_package')} Chance: "
+      f"{_pct(task.get('chance'))}%. Baseline ({BASELINE}): "
+      + (f"{_pct(base['mean'])}% over {len(base['accuracy'])} seeds, spread (sample s.d.) "
+         f"{_pct(noise)} points, so differences under {_pct(2 * noise)} points are marked "
+         "not distinguishable." if base and noise is not None else
+         "fewer than 2 seeds, so no spread: run it with --seeds 3."), "",
+      "| config | paper row | seeds | accuracy % (mean ± s.d.) | vs baseline | >= 2x spread "
+      "| paper GLUE / SGLUE | paper vs its reference | direction |",
+      "|---|---|---:|---:|---:|---|---:|---:|---|"]
+  for e in summary:
+    paper = e["paper"]
+    pd = e["paper_delta"]
+    mean = "" if e["mean"] is None else (
+        _pct(e["mean"]) + ("" if e["spread"] is None else f" ± {_pct(e['spread'])}"))
+    delta = "" if "delta" not in e else f"{100 * e['delta']:+.1f}"
+    dist = {None: "", True: "yes", False: "no"}[e.get("distinguishable")]
+    cells = [e["config"], f"{paper[0]} {paper[1]}" if paper else
+             ("Table 1 no pre-training" if e["config"] == FLOOR else "-"),
+             str(len(e["seeds"])), mean, delta, dist,
+             f"{paper[2]:.2f} / {paper[3]:.2f}" if paper else "",
+             f"{pd[0]:+.2f} / {pd[1]:+.2f}" if pd else ("reference" if e["config"] == BASELINE
+                                                      else ""),
+             e.get("direction", "")]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "`paper vs its reference`: the paper's GLUE / SuperGLUE averages minus those "
+            "of the row it is compared with (Table 7's mean span 3, T5's span corruption; "
+            "Table 6's 15% for the rates). `direction`: whether our difference from the "
+            "baseline has the sign of the paper's GLUE difference, once it is at least twice "
+            "our spread; `within our noise` otherwise. The floor is compared with the paper's "
+            "finding that pretraining helps.", ""]
+  return lines
+
+
 def markdown(rows: list[dict], meta: dict, notes: str | None) -> str:
   span = lambda r: (f"{r['mean_noise_span_length']:g}" if r["objective"] == "span_corruption"
                     else "-")
   noise = lambda r: ("-" if r["objective"] in ("prefix_lm", "deshuffling", "ul2")
                      else f"{100 * r['noise_density']:g}%")
-  glue = any(r.get("downstream") for r in rows)
-  head = ("| config | objective | noise | span | steps | targets len | train loss | eval loss "
-          "| eval token acc | group | time |")
-  lines = [head + (" glue |" if glue else ""),
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|" + ("---|" if glue else "")]
-  for r in rows:
-    cells = [r["config"], r["objective"], noise(r), span(r), str(r["steps"]),
-             f"{r['targets_length']} ({r['target_tokens_per_row']:.0f})", _fmt(r["train_loss"]),
-             _fmt(r["eval_loss"]), _fmt(r["eval_accuracy"]), r["group"],
+  pretrained = [r for r in rows if r["config"] != FLOOR]
+  glue = any(r.get("downstream") for r in pretrained)
+  package = any(r.get("package") for r in rows)
+  head = ("| config | seed | objective | noise | span | steps | targets len | train loss "
+          "| eval loss | eval token acc | group | time |")
+  lines = [head + (" package acc % |" if package else "") + (" glue |" if glue else ""),
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+           + ("---:|" if package else "") + ("---|" if glue else "")]
+  for r in pretrained:
+    cells = [r["config"], str(r.get("seed", 0)), r["objective"], noise(r), span(r),
+             str(r["steps"]), f"{r['targets_length']} ({r['target_tokens_per_row']:.0f})",
+             _fmt(r["train_loss"]), _fmt(r["eval_loss"]), _fmt(r["eval_accuracy"]), r["group"],
              f"{r['wall_s']:.0f} s"]
+    if package:
+      cells.append(_pct(r.get("package", {}).get("accuracy")))
     if glue:
       cells.append(", ".join(f"{k} {v:.3f}" for k, v in r.get("downstream", {}).items()))
     lines.append("| " + " | ".join(cells) + " |")
   out = [f"# T5 objective ablations: {meta['name']}", "",
          "Reproduce (from the repository root):", "", "```", meta["command"], "```", "",
-         f"Scale: {meta['scale']}. Machine: {meta['machine']}. "
-         f"Total wall time {meta['total_s'] / 60:.1f} min.", "",
-         "Columns: `targets len` is the configured targets_length (mean target tokens per "
-         "packed row in brackets); `train loss` is the mean logged training loss over the last "
-         "20% of steps; `eval loss` / `eval token acc` are teacher-forced, per target token, on "
-         f"{meta['eval_rows']} rows of the validation documents after the last step; "
-         "`time` is the wall time of the run (startup, compilation and evals included).", "",
-         *lines, "", "![validation loss per config](results.png)", "", CAVEAT, ""]
+         f"Scale: {meta.get('scale', '-')}. Machine: {meta['machine']}. "
+         f"Total wall time {meta['total_s'] / 60:.1f} min"
+         + (f" over {meta['sittings']} sittings (--resume)" if meta.get("sittings", 1) > 1
+            else "") + ".", ""]
+  if package:
+    out += downstream_table(rows, meta)
+  out += ["## Pretraining", "",
+          "Columns: `targets len` is the configured targets_length (mean target tokens per "
+          "packed row in brackets); `train loss` is the mean logged training loss over the last "
+          "20% of steps; `eval loss` / `eval token acc` are teacher-forced, per target token, on "
+          f"{meta.get('eval_rows', '-')} rows of the validation documents after the last step; "
+          "`time` is the wall time of the pretraining run (startup, compilation and evals "
+          "included)" + ("; `package acc` is the run's downstream accuracy." if package
+                         else "."), "",
+          *lines, "", "![downstream accuracy and validation loss per config](results.png)", "",
+          CAVEAT, ""]
   if not glue:
-    out += ["No downstream scores: run with `--data_dir DIR` holding TFDS GLUE data "
-            "(`tfds build glue/sst2 --data_dir=DIR`) to finetune each model on SST-2 and "
-            "add a `glue` column.", ""]
+    out += ["No GLUE scores: run with `--data_dir DIR` holding TFDS GLUE data "
+            "(`tfds build glue/sst2 --data_dir=DIR`) to finetune each model on SST-2 as well "
+            "and add a `glue` column.", ""]
   if notes:
     out += [notes.strip(), ""]
   return "\n".join(out)
 
 
-def plot(rows: list[dict], path: str, title: str) -> None:
+def plot(rows: list[dict], path: str, title: str, chance: float | None = None) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -272,28 +479,52 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   palette = plt.get_cmap("tab10").colors
   color = lambda g: colors.setdefault(g, palette[len(colors) % len(palette)])
   fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(13, 4.8))
-  names = [r["config"].replace("objective_", "") for r in rows]
-  ax_bar.bar(range(len(rows)), [r["eval_loss"] for r in rows],
-             color=[color(r["group"]) for r in rows])
-  ax_bar.set_xticks(range(len(rows)), names, rotation=45, ha="right")
-  ax_bar.set_ylabel("final validation loss (per target token)")
-  ax_bar.set_title("final validation loss (colour: comparable group)")
-  for i, r in enumerate(rows):
-    ax_bar.text(i, r["eval_loss"], f"{r['eval_loss']:.2f}", ha="center", va="bottom", fontsize=7)
+  pretrained = [r for r in rows if r["config"] != FLOOR]
+  summary = [e for e in summarise(rows) if e["mean"] is not None]
+  if summary:  # downstream accuracy, error bars = seed spread
+    names = [e["config"].replace("objective_", "") for e in summary]
+    group = {r["config"]: r["group"] for r in rows}
+    means = [100 * e["mean"] for e in summary]
+    errs = [100 * (e["spread"] or 0) for e in summary]
+    ax_bar.bar(range(len(summary)), means, yerr=errs, capsize=3,
+               color=[color(group[e["config"]]) for e in summary])
+    base = next((e for e in summary if e["config"] == BASELINE), None)
+    if base and base["spread"]:
+      lo, hi = 100 * (base["mean"] - 2 * base["spread"]), 100 * (base["mean"] + 2 * base["spread"])
+      ax_bar.axhspan(lo, hi, color="grey", alpha=0.2, label="baseline ± 2 s.d.")
+    if chance:
+      ax_bar.axhline(100 * chance, color="black", ls=":", label=f"chance {100 * chance:.1f}%")
+    for i, (m, e) in enumerate(zip(means, summary)):
+      ax_bar.text(i, m, f"{m:.1f}\n(n={len(e['accuracy'])})", ha="center", va="bottom",
+                  fontsize=7)
+    ax_bar.set_ylabel("docstring_package accuracy % (mean over seeds)")
+    ax_bar.set_title("downstream accuracy after finetuning (bars: s.d. over seeds)")
+  else:
+    names = [r["config"].replace("objective_", "") for r in pretrained]
+    ax_bar.bar(range(len(pretrained)), [r["eval_loss"] for r in pretrained],
+               color=[color(r["group"]) for r in pretrained])
+    for i, r in enumerate(pretrained):
+      ax_bar.text(i, r["eval_loss"], f"{r['eval_loss']:.2f}", ha="center", va="bottom",
+                  fontsize=7)
+    ax_bar.set_ylabel("final validation loss (per target token)")
+    ax_bar.set_title("final validation loss (colour: comparable group)")
+  ax_bar.set_xticks(range(len(names)), names, rotation=45, ha="right")
   from matplotlib.patches import Patch
-  ax_bar.legend(handles=[Patch(color=c, label=g) for g, c in colors.items()], fontsize=8,
+  handles = [Patch(color=c, label=g) for g, c in colors.items()]
+  ax_bar.legend(handles=handles + ax_bar.get_legend_handles_labels()[0], fontsize=7,
                 loc="lower right")
   line_colors = plt.get_cmap("tab20").colors
-  for i, (r, n) in enumerate(zip(rows, names)):
+  for i, r in enumerate(pretrained):
     curve = r["eval_curve"]
     if curve:
       style = "-" if r["group"] == "span" else "--"
-      ax_curve.plot(*zip(*curve), style, marker=".", label=n,
+      label = r["config"].replace("objective_", "") + (f" s{r['seed']}" if r.get("seed") else "")
+      ax_curve.plot(*zip(*curve), style, marker=".", label=label,
                     color=line_colors[i % len(line_colors)])
   ax_curve.set_xlabel("step")
   ax_curve.set_ylabel("validation loss")
-  ax_curve.set_title("validation loss during training (dashed: not comparable)")
-  ax_curve.legend(fontsize=7, ncol=2)
+  ax_curve.set_title("pretraining validation loss (dashed: not comparable)")
+  ax_curve.legend(fontsize=6, ncol=2)
   for ax in (ax_bar, ax_curve):
     ax.grid(alpha=0.3)
   fig.suptitle(title)
@@ -310,7 +541,8 @@ def write_results(rows: list[dict], meta: dict, out: str) -> None:
   notes = open(notes_path).read() if os.path.exists(notes_path) else None
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(markdown(rows, meta, notes))
-  plot(rows, os.path.join(out, "results.png"), f"T5 objective ablations: {meta['name']}")
+  plot(rows, os.path.join(out, "results.png"), f"T5 objective ablations: {meta['name']}",
+       meta.get("task", {}).get("chance"))
 
 
 # ----------------------------------------------------------------------------
@@ -334,10 +566,27 @@ def parse_args(argv=None):
   p.add_argument("--out", help="results folder (default experiments/results/<set>)")
   p.add_argument("--run_root", help="run directories (default runs/ablations/<out name>)")
   p.add_argument("--resume", action="store_true",
-                 help="keep existing run directories (a finished run is not retrained)")
-  p.add_argument("--data_dir", help="TFDS data_dir with GLUE: adds downstream scores")
+                 help="continue in --out: runs already in its results.json are kept and not "
+                      "rerun, new ones are added (a set split over sittings); run directories "
+                      "are kept")
+  p.add_argument("--seeds", type=int, default=3,
+                 help=f"seeds of the baseline ({BASELINE}) and of the floor: their spread "
+                      "says which differences are real (other configs: seed 0)")
+  p.add_argument("--no_downstream", action="store_true",
+                 help="pretraining losses only (no docstring_package finetuning)")
+  p.add_argument("--no_floor", action="store_true",
+                 help=f"skip the {FLOOR} rows (finetuning from random init)")
+  p.add_argument("--task_dir", help="where the docstring_package task is built "
+                                    "(default runs/ablations/docstring_package)")
+  p.add_argument("--task_classes", type=int, default=8)
+  p.add_argument("--task_train", type=int, default=64, help="training examples per class")
+  p.add_argument("--task_validation", type=int, default=64,
+                 help="validation examples per class")
+  p.add_argument("--finetune_steps", type=int, default=None,
+                 help="finetuning steps (default: finetune/docstring_package.gin's; GLUE: 200)")
+  p.add_argument("--finetune_batch", type=int, default=None)
+  p.add_argument("--data_dir", help="TFDS data_dir with GLUE: adds GLUE scores as well")
   p.add_argument("--glue_task", default="sst2")
-  p.add_argument("--finetune_steps", type=int, default=200)
   p.add_argument("--glue_examples", type=int, default=None,
                  help="validation examples to score (default: all)")
   p.add_argument("--render_only", action="store_true",
@@ -350,7 +599,8 @@ def parse_args(argv=None):
     args.batch_size = args.batch_size or 8  # divisible by the 8 simulated devices of tests/
     args.eval_batches = args.eval_batches or 1
     args.preset = args.preset or "tiny"
-    args.finetune_steps = min(args.finetune_steps, 2)
+    args.finetune_steps = args.finetune_steps or 2
+    args.finetune_batch = args.finetune_batch or 8
     args.glue_examples = args.glue_examples or 8
     # Compile fast and skip the matmul that measures peak FLOP/s (only MFU uses it).
     args.gin = [*SMOKE_GIN, *args.gin]
@@ -358,7 +608,20 @@ def parse_args(argv=None):
   args.out = args.out or os.path.join(HERE, "results", name)
   args.run_root = args.run_root or os.path.join(
       REPO, "runs", "ablations", os.path.basename(os.path.normpath(args.out)))
+  args.task_dir = args.task_dir or os.path.join(REPO, "runs", "ablations", "docstring_package")
   return args
+
+
+def planned_runs(names: list[str], args) -> list[tuple[str, int]]:
+  """(config, seed) of every run: seed 0 for each config, --seeds for the baseline and
+  the floor (the floor only with the downstream task)."""
+  runs = []
+  for name in names:
+    for seed in range(args.seeds if name == BASELINE else 1):
+      runs.append((name, seed))
+  if not args.no_downstream and not args.no_floor:
+    runs += [(FLOOR, seed) for seed in range(args.seeds)]
+  return runs
 
 
 def main(argv=None) -> int:
@@ -372,25 +635,57 @@ def main(argv=None) -> int:
     return 0
   quiet_gin_search()
   names = config_names(args)
-  start = time.perf_counter()
-  rows = [run_one(name, args) for name in names]
-  first = rows[0]
+  saved = {"rows": [], "meta": {}}
+  results_path = os.path.join(args.out, "results.json")
+  if args.resume and os.path.exists(results_path):
+    with open(results_path) as f:
+      saved = json.load(f)
+  done = {(r["config"], r.get("seed", 0)) for r in saved["rows"]}
+  rows = list(saved["rows"])
+  task = None
+  if not args.no_downstream:
+    task = package_task(args)
+    print(f"docstring_package: {task['counts']} examples of {len(task['classes'])} classes "
+          f"({', '.join(task['classes'])}) in {args.task_dir}", flush=True)
   import platform
-  meta = {
-      "name": os.path.basename(os.path.normpath(args.out)),
-      "command": ".venv/bin/python experiments/run_ablations.py " + shlex.join(argv),
-      "scale": (f"{first['steps']} steps x batch {first['batch_size']}, inputs "
-                f"{first['inputs_length']} packed, model "
-                f"{args.preset or 'demo/model_cpu.gin (d_model 128, 2+2 layers, 8k vocab)'}"
-                + (f" + {args.model}" if args.model else "")),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.platform()})",
-      "eval_rows": f"{first['eval_batches']} x {first['batch_size']}",
-      "total_s": time.perf_counter() - start,
-      "configs": names,
-  }
-  write_results(rows, meta, args.out)
+  meta = dict(saved["meta"])
+  commands = meta.get("commands", [meta["command"]] if "command" in meta else [])
+  command = ".venv/bin/python experiments/run_ablations.py " + shlex.join(argv)
+  meta.update(
+      name=os.path.basename(os.path.normpath(args.out)),
+      commands=commands + [command],
+      command=" &&\n".join(commands + [command]),
+      machine=f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.platform()})",
+      sittings=len(commands) + 1)
+  if task is not None:
+    meta["task"] = {
+        "description": (f"which of {len(task['classes'])} packages ({', '.join(task['classes'])}) "
+                        f"a held-out docstring comes from, {task['counts']['train']} training "
+                        f"and {task['counts']['validation']} validation examples, "
+                        "balanced."),
+        "classes": task["classes"], "chance": task["chance"], "counts": task["counts"]}
+  start = time.perf_counter()
+  previous_s = meta.get("total_s", 0.0)
+  for name, seed in planned_runs(names, args):
+    if (name, seed) in done:
+      print(f"=== {name} (seed {seed}): in {results_path} already, kept", flush=True)
+      continue
+    row = run_floor(seed, task, args) if name == FLOOR else run_one(name, seed, task, args)
+    rows.append(row)
+    pretrained = [r for r in rows if r["config"] != FLOOR]
+    if pretrained:
+      first = pretrained[0]
+      meta.update(
+          scale=(f"{first['steps']} steps x batch {first['batch_size']}, inputs "
+                 f"{first['inputs_length']} packed, model "
+                 f"{args.preset or 'demo/model_cpu.gin (d_model 128, 2+2 layers, 8k vocab)'}"
+                 + (f" + {args.model}" if args.model else "")),
+          eval_rows=f"{first['eval_batches']} x {first['batch_size']}")
+    meta["total_s"] = previous_s + time.perf_counter() - start
+    meta["configs"] = list(dict.fromkeys(r["config"] for r in rows))
+    write_results(rows, meta, args.out)  # after every run: a stopped sitting keeps its rows
   print(f"\nWrote {args.out}/results.md, results.png, results.json "
-        f"({meta['total_s'] / 60:.1f} min)")
+        f"({meta['total_s'] / 60:.1f} min in all)")
   return 0
 
 

@@ -15,7 +15,7 @@ from t5jax.data.objectives import OBJECTIVES, random_spans_helper, ul2_lengths
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "experiments")
 GIN_FILES = sorted(os.path.relpath(p, EXPERIMENTS)
-                   for p in glob.glob(os.path.join(EXPERIMENTS, "**", "*.gin"), recursive=True))
+                   for p in glob.glob(os.path.join(EXPERIMENTS, "ablations", "*.gin")))
 sys.path.insert(0, EXPERIMENTS)
 import run_ablations  # noqa: E402
 
@@ -70,28 +70,116 @@ def test_gin_file_parses_and_binds(name):
     assert data.targets_length == data.inputs_length
 
 
+def test_every_gin_file_is_an_ablation_or_the_finetuning_recipe():
+  every = {os.path.relpath(p, EXPERIMENTS)
+           for p in glob.glob(os.path.join(EXPERIMENTS, "**", "*.gin"), recursive=True)}
+  assert every == set(GIN_FILES) | {"finetune/docstring_package.gin"}
+
+
+def test_finetuning_recipe_parses_and_binds():
+  text = open(os.path.join(EXPERIMENTS, "finetune/docstring_package.gin")).read()
+  assert text.startswith("#") and "t5jax train" in text.split("\n\n")[0]
+  gin.clear_config()
+  try:
+    gin_setup.parse(["finetune/docstring_package.gin"],
+                    ["RUN_DIR = '/tmp/x'", "DataConfig.pairs_train = 'a.tsv'"],
+                    search_paths=[EXPERIMENTS])
+    model, data, trainer = (_build(c) for c in ("model_config", "DataConfig", "TrainConfig"))
+    assert model.vocab_size == 8192 and model.dropout_rate == 0.1
+    assert data.task == "local_pairs" and data.pairs_metric == "exact_match"
+    assert trainer.num_steps > 0 and trainer.eval_every == 0
+  finally:
+    gin.clear_config()
+
+
 def test_eval_every_ends_on_the_last_step():
   for steps in (1, 2, 3, 7, 100, 150):
     every = run_ablations.eval_every(steps)
     assert steps % every == 0 and every <= max(1, steps // 4)
 
 
-def test_smoke_run_writes_table_plot_and_json(tmp_path):
+def test_seed_spread_and_direction():
+  assert run_ablations.spread([0.5]) is None
+  assert run_ablations.spread([0.4, 0.5, 0.6]) == pytest.approx(0.1)
+  # at least twice the spread counts; under it does not; no spread: unknown
+  assert run_ablations.distinguishable(0.2, 0.1) and not run_ablations.distinguishable(-0.19, 0.1)
+  assert run_ablations.distinguishable(0.5, None) is None
+  assert run_ablations.direction(-0.3, -1.72, 0.1) == "agrees"
+  assert run_ablations.direction(0.3, -1.72, 0.1) == "disagrees"
+  assert run_ablations.direction(0.15, -1.72, 0.1) == "within our noise"
+  assert run_ablations.direction(0.3, None, 0.1) == "-"
+  # the paper's differences: each row against its table's reference row
+  assert run_ablations.paper_delta("objective_deshuffling") == pytest.approx((73.17 - 83.49,
+                                                                              58.47 - 72.53))
+  assert run_ablations.paper_delta("rate_50") == pytest.approx((81.27 - 83.28, 70.33 - 71.36))
+  assert run_ablations.paper_delta(run_ablations.BASELINE) is None
+  rows = [{"config": run_ablations.BASELINE, "seed": s, "eval_loss": 5.0,
+           "package": {"accuracy": a}} for s, a in enumerate([0.40, 0.44, 0.42])]
+  rows += [{"config": "rate_50", "seed": 0, "eval_loss": 5.5, "package": {"accuracy": 0.30}},
+           {"config": "span_2", "seed": 0, "eval_loss": 5.1, "package": {"accuracy": 0.45}},
+           {"config": run_ablations.FLOOR, "seed": 0, "package": {"accuracy": 0.2}}]
+  summary = {e["config"]: e for e in run_ablations.summarise(rows)}
+  base = summary[run_ablations.BASELINE]
+  assert base["mean"] == pytest.approx(0.42) and base["spread"] == pytest.approx(0.02)
+  assert summary["rate_50"]["distinguishable"] and summary["rate_50"]["direction"] == "agrees"
+  assert summary["span_2"]["delta"] == pytest.approx(0.03)
+  assert not summary["span_2"]["distinguishable"]
+  assert summary["span_2"]["direction"] == "within our noise"
+  assert summary[run_ablations.FLOOR]["direction"] == "agrees"  # pretraining helps
+  lines = run_ablations.downstream_table(rows, {"task": {"chance": 0.125}})
+  assert "| span_2 | Table 7 mean span 2 | 1 | 45.0 | +3.0 | no | 83.54 / 72.20 | +0.05 / -0.33 " \
+         "| within our noise |" in lines
+  assert "| rate_50 | Table 6 corruption rate 50% | 1 | 30.0 | -12.0 | yes | 81.27 / 70.33 " \
+         "| -2.01 / -1.03 | agrees |" in lines
+  assert any(line.startswith(f"| {run_ablations.BASELINE} | Table 7 mean span 3 | 3 | 42.0 ± 2.0 |")
+             for line in lines)
+
+
+def _tiny_package_task(folder):
+  """A 2-class docstring_package task of a few lines (the real one walks the installed
+  sources, minutes; tests/data/test_downstream.py tests that builder)."""
+  folder.mkdir()
+  rows = {"train": 16, "validation": 8}
+  paths = {}
+  for split, n in rows.items():
+    paths[split] = str(folder / f"{split}.tsv")
+    with open(paths[split], "w") as f:
+      for i in range(n):
+        label = ("numpy", "email")[i % 2]
+        f.write(f"package: text {i} about {('arrays', 'messages')[i % 2]} here\t{label}\n")
+  return {**paths, "classes": ["email", "numpy"], "chance": 0.5, "counts": rows}
+
+
+def test_smoke_run_writes_table_plot_and_json(tmp_path, monkeypatch):
   out = tmp_path / "out"
-  # Two configs with the same shapes (128/128 targets), 1 step, the tiny preset.
-  argv = ["--configs", "objective_bert_mlm,objective_deshuffling", "--smoke", "--steps", "1",
-          "--out", str(out), "--run_root", str(tmp_path / "runs")]
-  assert run_ablations.main(argv) == 0
+  task = _tiny_package_task(tmp_path / "task")
+  monkeypatch.setattr(run_ablations, "package_task", lambda args: task)
+  # Sitting 1: the baseline with 2 seeds (1 pretraining step, the tiny preset), no floor.
+  common = ["--configs", run_ablations.BASELINE, "--seeds", "2", "--smoke", "--steps", "1",
+            "--out", str(out), "--run_root", str(tmp_path / "runs")]
+  assert run_ablations.main(common + ["--no_floor"]) == 0
   with open(out / "results.json") as f:
     results = json.load(f)
   rows = results["rows"]
-  assert [r["config"] for r in rows] == ["objective_bert_mlm", "objective_deshuffling"]
+  assert [(r["config"], r["seed"]) for r in rows] == [(run_ablations.BASELINE, 0),
+                                                      (run_ablations.BASELINE, 1)]
   for r in rows:
+    assert 0 <= r["package"]["accuracy"] <= 1
     assert r["steps"] == 1 and r["batch_size"] == 8 and r["eval_loss"] > 0
     assert 0 <= r["eval_accuracy"] <= 1 and r["eval_curve"][-1][0] == 1
+  assert rows[0]["train_loss"] != rows[1]["train_loss"]  # another init and data order
   assert results["meta"]["command"].startswith(".venv/bin/python experiments/run_ablations.py")
+  # Sitting 2 (--resume): keeps both rows, adds the floor's two seeds.
+  assert run_ablations.main(common + ["--resume"]) == 0
+  with open(out / "results.json") as f:
+    merged = json.load(f)
+  assert merged["rows"][:2] == rows
+  assert [(r["config"], r["seed"]) for r in merged["rows"][2:]] == [(run_ablations.FLOOR, 0),
+                                                                     (run_ablations.FLOOR, 1)]
+  assert merged["meta"]["sittings"] == 2 and len(merged["meta"]["commands"]) == 2
   table = (out / "results.md").read_text()
-  assert "| objective_deshuffling | deshuffling |" in table and "NOT" in table.upper()
+  assert "## Downstream" in table and "Chance: 50.0%" in table and "NOT" in table.upper()
+  assert f"| {run_ablations.FLOOR} | Table 1 no pre-training | 2 |" in table
   assert (out / "results.png").stat().st_size > 10_000
   # notes.md survives re-rendering.
   (out / "notes.md").write_text("## Comparison with the paper\n\nhand-written")

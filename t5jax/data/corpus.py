@@ -26,6 +26,10 @@ _DEFAULT_CORPUS_FORMAT = 1
 DEFAULT_CACHE_DIR = os.path.join(
     os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "t5jax")
 
+# A local corpus's validation split: every VALIDATION_EVERY-th document (index % N == N - 1);
+# the train split is the rest (all of it for a corpus under N documents).
+VALIDATION_EVERY = 100
+
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _SPACE = re.compile(r"\s+")
 
@@ -103,6 +107,17 @@ def load_documents(paths: str | Sequence[str], **kwargs) -> list[str]:
   return docs
 
 
+def train_split_documents(paths: str | Sequence[str], **kwargs) -> Iterator[str]:
+  """The documents of a corpus's train split: what pretraining on it reads."""
+  docs = load_documents(paths, **kwargs)
+  if len(docs) < VALIDATION_EVERY:
+    yield from docs
+    return
+  for i, doc in enumerate(docs):
+    if i % VALIDATION_EVERY != VALIDATION_EVERY - 1:
+      yield doc
+
+
 def fingerprint_files(files: Iterable[str], *extra) -> str:
   """A content hash of files plus extra parameters, used as a cache key."""
   h = hashlib.sha256(repr(extra).encode())
@@ -151,7 +166,20 @@ def _source_roots() -> list[str]:
   return out
 
 
-def _iter_default_documents(min_words: int) -> Iterator[str]:
+def _package(root: str, path: str) -> str | None:
+  """The top-level package or module a file under a source root belongs to:
+  '.../python3.11/email/utils.py' -> 'email', '.../site-packages/numpy/...' -> 'numpy';
+  None for packaging metadata (*.dist-info, *.egg-info)."""
+  top = os.path.relpath(path, root).split(os.sep)[0]
+  if top.endswith((".dist-info", ".egg-info")):
+    return None
+  return top[:-3] if top.endswith(".py") else top
+
+
+def iter_labelled_default_documents(min_words: int = 8) -> Iterator[tuple[str | None, str]]:
+  """(package, text) for every document of the default corpus, in the corpus's order
+  and before its de-duplication and size cut: the text is whitespace-normalised as in
+  the corpus file, the package is _package's label of the file it came from."""
   skip_dirs = {"test", "tests", "__pycache__", "site-packages", "idlelib",
                "lib2to3", "ensurepip"}
   for root in _source_roots():
@@ -175,10 +203,16 @@ def _iter_default_documents(min_words: int) -> Iterator[str]:
             continue
         else:
           continue
+        package = _package(root, path)
         for text in texts:
           text = _SPACE.sub(" ", text).strip()
           if _english_enough(text, min_words):
-            yield text
+            yield package, text
+
+
+def _iter_default_documents(min_words: int) -> Iterator[str]:
+  for _, text in iter_labelled_default_documents(min_words):
+    yield text
 
 
 def default_corpus(cache_dir: str | None = None, *,

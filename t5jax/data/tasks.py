@@ -35,7 +35,7 @@ MC4_MIXTURE = "mc4"
 # temperature 1 / 0.3 over the training-set sizes, with no cap: gin_configs/tasks/mc4.gin.
 MC4_TEMPERATURE = 1 / 0.3
 # Every 100th document of a local corpus is held out as "validation".
-VALIDATION_EVERY = 100
+VALIDATION_EVERY = corpus_lib.VALIDATION_EVERY
 
 
 class TfdsSource(seqio.TfdsDataSource):

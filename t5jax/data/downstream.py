@@ -1,0 +1,151 @@
+"""Offline downstream tasks: real labels on real text that pretraining never read.
+
+The T5 paper scores each pretraining ablation by finetuning it on GLUE / SuperGLUE.
+Where no TFDS data is at hand, `build_package_task` makes a classification task from
+the same installed sources the default corpus comes from (corpus.py):
+
+  docstring_package: "package: <a docstring or doc paragraph>" -> the name of the
+  top-level package or stdlib module whose files it comes from ("numpy", "email", ...).
+
+- **Held out from pretraining.** A document is a candidate only if its text is not in
+  the train split of the pretraining corpus (default: the default corpus file). Since
+  the corpus is cut at 10 MB in sorted path order, the candidates are its validation
+  documents plus everything past the cut.
+- **Real labels.** The label is where the text was written, a fact about the text
+  that the span-corruption objective never predicts. Texts found under two packages
+  (vendored copies) are dropped, since their label is ambiguous.
+- **Not a string match.** The package's own name is replaced by "[pkg]" in the input
+  (as a word, and as the prefix of a dotted or underscored name), so the model has to
+  read the content.
+- **Balanced.** The `num_classes` packages with the most candidates, the same number
+  of examples from each, so chance is exactly 1 / num_classes on both splits.
+  Train and validation are disjoint (a text is in one of them).
+
+The task is written as a pairs folder (train.tsv, validation.tsv, info.json) that the
+`local_pairs` task reads (gin: tasks/local_pairs.gin, DataConfig.pairs_train, ...), so
+finetuning, the eval hook and `t5jax eval` work as for a user's own pairs.
+Pure Python: nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import random
+import re
+from typing import Iterable
+
+from t5jax.data import corpus as corpus_lib
+from t5jax.errors import UsageError
+
+PACKAGE_TASK = "docstring_package"
+PREFIX = "package:"
+MASK = "[pkg]"
+# Bump when the rules change, so a stale folder is rebuilt rather than reused.
+_FORMAT = 1
+_MAX_CHARS = 1200  # inputs are cut at DataConfig.inputs_length tokens anyway
+
+
+def _digest(text: str) -> bytes:
+  return hashlib.md5(text.encode()).digest()
+
+
+def mask_name(text: str, name: str) -> str:
+  """`text` with the package's own name replaced by MASK (case-insensitive, as a word or as
+  the start of a dotted / underscored name: 'numpy.linalg', 'numpy_config')."""
+  return re.sub(rf"(?i)(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])", MASK, text)
+
+
+def held_out_documents(labelled: Iterable[tuple[str | None, str]],
+                       pretraining: Iterable[str]) -> dict[str, list[str]]:
+  """{package: [texts]} of the labelled texts that are not in `pretraining`, each text
+  under the one package it came from (texts seen under two packages are dropped), in
+  first-seen order."""
+  seen = {_digest(t) for t in pretraining}
+  by_text: dict[bytes, tuple[str, str]] = {}
+  ambiguous = set()
+  for package, text in labelled:
+    if package is None:
+      continue
+    d = _digest(text)
+    if d in seen or d in ambiguous:
+      continue
+    if d in by_text and by_text[d][0] != package:
+      ambiguous.add(d)
+      del by_text[d]
+      continue
+    by_text.setdefault(d, (package, text))
+  out: dict[str, list[str]] = collections.defaultdict(list)
+  for package, text in by_text.values():
+    out[package].append(text)
+  return dict(out)
+
+
+def build_package_task(out_dir: str, *, num_classes: int = 8, train_per_class: int = 64,
+                       validation_per_class: int = 64, seed: int = 0,
+                       corpus_files: list[str] | None = None, cache_dir: str | None = None,
+                       labelled: Iterable[tuple[str | None, str]] | None = None) -> dict:
+  """Writes the docstring_package task to out_dir (module docstring) and returns its
+  info.json: {"train", "validation" (paths), "classes", "chance", "counts", ...}.
+  An existing folder built with the same settings is reused.
+
+  corpus_files: the pretraining corpus whose train split is excluded (default: the
+  default corpus). labelled: (package, text) documents (default: the installed sources,
+  corpus.iter_labelled_default_documents).
+  """
+  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
+  settings = {"format": _FORMAT, "task": PACKAGE_TASK, "num_classes": num_classes,
+              "train_per_class": train_per_class,
+              "validation_per_class": validation_per_class, "seed": seed,
+              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
+  info_path = os.path.join(out_dir, "info.json")
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      info = json.load(f)
+    if info.get("settings") == settings and all(
+        os.path.exists(info[k]) for k in ("train", "validation")):
+      return info
+  if labelled is None:
+    labelled = corpus_lib.iter_labelled_default_documents()
+  candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
+  need = train_per_class + validation_per_class
+  ranked = sorted(candidates, key=lambda p: (-len(candidates[p]), p))
+  classes = sorted(p for p in ranked[:num_classes] if len(candidates[p]) >= need)
+  if len(classes) < num_classes:
+    sizes = ", ".join(f"{p} {len(candidates[p])}" for p in ranked[:num_classes + 2])
+    raise UsageError(
+        f"{PACKAGE_TASK}: only {len(classes)} packages have {need} held-out documents "
+        f"(train_per_class {train_per_class} + validation_per_class "
+        f"{validation_per_class}); the largest are: {sizes}. Lower num_classes or the "
+        "per-class counts.")
+  rng = random.Random(seed)
+  splits = {"train": [], "validation": []}
+  for package in classes:
+    texts = list(candidates[package])
+    rng.shuffle(texts)
+    for split, chosen in (("validation", texts[:validation_per_class]),
+                          ("train", texts[validation_per_class:need])):
+      for text in chosen:
+        text = mask_name(text, package)[:_MAX_CHARS].replace("\t", " ")
+        splits[split].append((f"{PREFIX} {text}", package))
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {}
+  for split, rows in splits.items():
+    rng.shuffle(rows)
+    paths[split] = os.path.join(out_dir, f"{split}.tsv")
+    tmp = paths[split] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(f"{x}\t{y}\n" for x, y in rows)
+    os.replace(tmp, paths[split])
+  info = {
+      "task": PACKAGE_TASK, **paths, "classes": classes, "chance": 1 / num_classes,
+      "counts": {s: len(r) for s, r in splits.items()},
+      "held_out_candidates": {p: len(candidates[p]) for p in ranked[:2 * num_classes]},
+      "settings": settings,
+  }
+  with open(info_path + ".tmp", "w") as f:
+    json.dump(info, f, indent=1)
+  os.replace(info_path + ".tmp", info_path)
+  return info

@@ -1,0 +1,125 @@
+"""The offline downstream task (t5jax/data/downstream.py): labels, masking, balance, and
+splits disjoint from the pretraining corpus's train split.
+
+The sources are a fake installation the test writes: a stdlib-like root and a
+site-packages-like root, each with packages whose docstrings carry a marker word, so
+every text's true package is known.
+"""
+
+import collections
+
+import pytest
+
+from t5jax.data import corpus as corpus_lib
+from t5jax.data import downstream
+from t5jax.errors import UsageError
+
+WORDS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river "
+         "mountain forest ocean window garden letter number").split()
+PACKAGES = {"stdlib": ["email", "argparse"], "site": ["flask", "numpy", "scipy", "tiny"]}
+
+
+def _doc(package, i):
+  body = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(12))
+  # the reversed name keeps masked texts of two packages apart
+  return (f"Marker {package} number {i} ({package[::-1]}): {body} in {package}.core and "
+          f"{package}_thing.")
+
+
+def _write_sources(root):
+  roots = []
+  for kind, packages in PACKAGES.items():
+    base = root / kind
+    for package in packages:
+      count = 3 if package == "tiny" else 120
+      if package == "argparse":  # a single-module package: argparse.py
+        files = {base / "argparse.py": range(count)}
+      else:
+        files = {base / package / "a.py": range(0, count, 2),
+                 base / package / "sub" / "b.py": range(1, count, 2)}
+      for path, indices in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        funcs = "".join(f"def f{i}():\n  \"\"\"{_doc(package, i)}\"\"\"\n\n" for i in indices)
+        path.write_text(funcs)
+    # a vendored copy: the same docstring under two packages, and metadata to skip
+    if kind == "site":
+      (base / "flask" / "vendored.py").write_text(
+          f"def v():\n  \"\"\"{_doc('shared', 0)} copied text here\"\"\"\n")
+      (base / "numpy" / "vendored.py").write_text(
+          f"def v():\n  \"\"\"{_doc('shared', 0)} copied text here\"\"\"\n")
+      meta = base / "numpy-1.0.dist-info"
+      meta.mkdir()
+      (meta / "README.md").write_text(_doc("meta", 0) + "\n")
+    roots.append(str(base))
+  return roots
+
+
+@pytest.fixture()
+def fake_sources(tmp_path, monkeypatch):
+  roots = _write_sources(tmp_path / "src")
+  monkeypatch.setattr(corpus_lib, "_source_roots", lambda: roots)
+  # A corpus cut mid-way (in bytes), as the default one is at 10 MB.
+  corpus = corpus_lib.default_corpus(str(tmp_path / "cache"), max_bytes=40_000)
+  return corpus, tmp_path
+
+
+def test_labels_come_from_the_package_of_each_file(fake_sources):
+  labelled = list(corpus_lib.iter_labelled_default_documents())
+  labels = collections.Counter(p for p, _ in labelled)
+  assert labels == {"email": 120, "argparse": 120, "flask": 121, "numpy": 121, "scipy": 120,
+                    "tiny": 3, None: 1}
+  for package, text in labelled:
+    if package is not None and "shared" not in text:
+      assert text.startswith(f"Marker {package} ")
+
+
+def test_package_task_is_held_out_balanced_masked_and_disjoint(fake_sources):
+  corpus, tmp_path = fake_sources
+  info = downstream.build_package_task(str(tmp_path / "task"), num_classes=3,
+                                       train_per_class=20, validation_per_class=10,
+                                       corpus_files=corpus)
+  # The cut leaves email/argparse mostly in the corpus; classes are the 3 largest.
+  pretraining = set(corpus_lib.train_split_documents(corpus))
+  assert len(pretraining) > 100
+  assert info["chance"] == pytest.approx(1 / 3)
+  rows = {s: [line.rstrip("\n").split("\t") for line in open(info[s])]
+          for s in ("train", "validation")}
+  assert {s: len(r) for s, r in rows.items()} == {"train": 60, "validation": 30}
+  for split, pairs in rows.items():
+    assert collections.Counter(y for _, y in pairs) == {
+        c: len(pairs) // 3 for c in info["classes"]}
+  originals = {_doc(p, i): p for ps in PACKAGES.values() for p in ps for i in range(120)}
+  masked = {downstream.mask_name(t, p): (t, p) for t, p in originals.items()}
+  seen_inputs = set()
+  for split, pairs in rows.items():
+    for x, y in pairs:
+      assert x.startswith(downstream.PREFIX + " ")
+      text, package = masked[x[len(downstream.PREFIX) + 1:]]
+      assert package == y  # the label is the package the text was written in
+      assert text not in pretraining  # never read by pretraining
+      assert y not in x and "[pkg].core" in x and "[pkg]_thing" in x
+      assert x not in seen_inputs  # train and validation are disjoint
+      seen_inputs.add(x)
+  # the vendored text (two packages) and the metadata file are never used
+  assert not any("shared" in x or "meta" in x for pairs in rows.values() for x, _ in pairs)
+  # the same settings reuse the folder; another seed gives another sample
+  again = downstream.build_package_task(str(tmp_path / "task"), num_classes=3,
+                                        train_per_class=20, validation_per_class=10,
+                                        corpus_files=corpus)
+  assert again == info
+  other = downstream.build_package_task(str(tmp_path / "task2"), num_classes=3,
+                                        train_per_class=20, validation_per_class=10,
+                                        corpus_files=corpus, seed=1)
+  assert open(other["train"]).read() != open(info["train"]).read()
+
+
+def test_package_task_too_few_documents_says_what_to_lower(fake_sources):
+  corpus, tmp_path = fake_sources
+  with pytest.raises(UsageError, match=r"only 2 packages have 110 held-out.*numpy 120, scipy 120, flask 86.*Lower"):
+    downstream.build_package_task(str(tmp_path / "t"), num_classes=3, train_per_class=80,
+                                  validation_per_class=30, corpus_files=corpus)
+
+
+def test_mask_name_only_masks_whole_names():
+  assert downstream.mask_name("Numpy arrays: numpy.linalg, numpyish, np", "numpy") == (
+      "[pkg] arrays: [pkg].linalg, numpyish, np")
