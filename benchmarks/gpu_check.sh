@@ -110,10 +110,11 @@ tests() {
 }
 
 if [ "$dry" = 1 ]; then
+  # No HF peers: the dry run checks the steps run; tests/test_bench.py runs the peers' code.
   train_args=(--presets tiny --batch 2 --input_len 32 --target_len 8 --dtype bfloat16
-              --steps 1 --repeats 1 --warmup 1 --peak_n 256 --no_hf_flax --no_write)
-  decode_args=(--no_ct2 --preset tiny --batch 2 --input_len 16 --new_tokens 4 --repeats 1
-               --dtype float32)
+              --steps 1 --repeats 1 --warmup 1 --peak_n 256 --no_hf --no_write)
+  decode_args=(--no_ct2 --no_hf --preset tiny --batch 2 --input_len 16 --new_tokens 4
+               --repeats 1 --dtype float32)
   memory_args=(--no_calibrate --inputs 32 --targets 8 --presets t5.1.1-small,t5.1.1-base)
 else
   train_args=(--gpu --no_hf_flax --steps 5 --repeats 3 --no_write)
