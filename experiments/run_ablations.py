@@ -640,6 +640,14 @@ def main(argv=None) -> int:
   if args.resume and os.path.exists(results_path):
     with open(results_path) as f:
       saved = json.load(f)
+  recipe = {"pretraining": [f for f in scale_bindings(args) if "seed" not in f],
+            "finetuning": [args.finetune_steps, args.finetune_batch, args.task_classes,
+                           args.task_train, args.task_validation]}
+  if saved["meta"].get("recipe", recipe) != recipe:
+    raise SystemExit(
+        f"{results_path} was run with another scale or recipe ({saved['meta']['recipe']}, "
+        f"now {recipe}): rows of the two would not compare. Use another --out, or the same "
+        "--steps / --batch_size / --preset / --model / --gin / --finetune_* / --task_* flags.")
   done = {(r["config"], r.get("seed", 0)) for r in saved["rows"]}
   rows = list(saved["rows"])
   task = None
@@ -656,7 +664,7 @@ def main(argv=None) -> int:
       commands=commands + [command],
       command=" &&\n".join(commands + [command]),
       machine=f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.platform()})",
-      sittings=len(commands) + 1)
+      sittings=len(commands) + 1, recipe=recipe)
   if task is not None:
     meta["task"] = {
         "description": (f"which of {len(task['classes'])} packages ({', '.join(task['classes'])}) "

@@ -181,6 +181,10 @@ def test_smoke_run_writes_table_plot_and_json(tmp_path, monkeypatch):
   assert "## Downstream" in table and "Chance: 50.0%" in table and "NOT" in table.upper()
   assert f"| {run_ablations.FLOOR} | Table 1 no pre-training | 2 |" in table
   assert (out / "results.png").stat().st_size > 10_000
+  # A sitting at another scale is refused: its rows would not compare.
+  with pytest.raises(SystemExit, match="another scale or recipe"):
+    run_ablations.main(common[:-6] + ["--steps", "2", "--out", str(out), "--run_root",
+                                      str(tmp_path / "runs"), "--resume"])
   # notes.md survives re-rendering.
   (out / "notes.md").write_text("## Comparison with the paper\n\nhand-written")
   assert run_ablations.main(["--render_only", "--out", str(out)]) == 0
