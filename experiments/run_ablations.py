@@ -1,22 +1,29 @@
-"""Trains the T5 paper's unsupervised-objective ablations and tabulates them.
+"""Trains the T5 paper's unsupervised-objective ablations, scores them downstream, tabulates them.
 
-    # the committed CPU run (experiments/results/cpu_small):
-    .venv/bin/python experiments/run_ablations.py --set all --out experiments/results/cpu_small
+    # the paper's protocol, the committed CPU run (experiments/results/cpu_downstream),
+    # which can be split over sittings with --resume:
+    .venv/bin/python experiments/run_ablations.py --set all --out experiments/results/cpu_downstream
     # a few configs, another scale:
     .venv/bin/python experiments/run_ablations.py --configs rate_10,rate_50 --steps 1000 --batch_size 32
     # smoke (seconds per config): 2 steps, batch 8, the tiny preset
-    .venv/bin/python experiments/run_ablations.py --configs span_2,span_5 --smoke --out /tmp/smoke
+    .venv/bin/python experiments/run_ablations.py --configs span_2,span_5 --smoke --no_downstream --out /tmp/smoke
 
 Each config is experiments/ablations/<name>.gin, trained by the real entry
 point (`t5jax train`, called in-process through t5jax.cli.main so the corpus
 is tokenised once) into its own run directory under --run_root (gitignored
 runs/ by default). The final validation loss / token accuracy come from the
 eval entries of each run's metrics.jsonl (`t5jax eval` on the final
-checkpoint if the last step had none). With --data_dir holding TFDS GLUE
-data, each pretrained model is also finetuned on a GLUE task and scored.
+checkpoint if the last step had none). Then, as the paper did, each pretrained
+model is finetuned with one recipe (finetune/docstring_package.gin) on the
+offline docstring_package task (t5jax/data/downstream.py) and scored; the same
+finetuning from random init is the no-pretraining floor; the baseline and the
+floor run --seeds seeds, whose spread says which differences are real. With
+--data_dir holding TFDS GLUE data, each pretrained model is also finetuned on a
+GLUE task and scored.
 
-Writes to --out: results.json (every number), results.md (the table, the
-exact command, the caveats, and notes.md from --out if it exists: the
+Writes to --out: results.json (every number, every sitting's command),
+results.md (the downstream table with the paper's figures, the pretraining
+table, the commands, the caveats, and notes.md from --out if it exists: the
 hand-written comparison with the paper survives re-runs) and results.png.
 """
 

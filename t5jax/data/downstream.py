@@ -24,7 +24,7 @@ the same installed sources the default corpus comes from (corpus.py):
 The task is written as a pairs folder (train.tsv, validation.tsv, info.json) that the
 `local_pairs` task reads (gin: tasks/local_pairs.gin, DataConfig.pairs_train, ...), so
 finetuning, the eval hook and `t5jax eval` work as for a user's own pairs.
-Pure Python: nothing here imports TensorFlow.
+Pure Python, no tf.data: the rules are plain code, tested on a fake installation.
 """
 
 from __future__ import annotations
