@@ -152,6 +152,10 @@ def config_names(args) -> list[str]:
   unknown = [n for n in names if n not in known]
   if unknown:
     raise SystemExit(f"unknown config(s) {unknown}; known: {', '.join(known)}")
+  stray = [n for n in filter(None, args.seeded.split(",")) if n != "all" and n not in names]
+  if stray:
+    raise SystemExit(f"--seeded {','.join(stray)}: not among the configs of this sitting "
+                     f"({', '.join(names)}); add them to --configs, or use --seeded all")
   return names
 
 
@@ -578,7 +582,11 @@ def parse_args(argv=None):
                       "are kept")
   p.add_argument("--seeds", type=int, default=3,
                  help=f"seeds of the baseline ({BASELINE}) and of the floor: their spread "
-                      "says which differences are real (other configs: seed 0)")
+                      "says which differences are real (other configs: seed 0, unless in "
+                      "--seeded)")
+  p.add_argument("--seeded", default="",
+                 help="comma-separated configs that also run --seeds seeds (e.g. one whose "
+                      "difference from the baseline should be checked), or 'all'")
   p.add_argument("--no_downstream", action="store_true",
                  help="pretraining losses only (no docstring_package finetuning)")
   p.add_argument("--no_floor", action="store_true",
@@ -620,11 +628,12 @@ def parse_args(argv=None):
 
 
 def planned_runs(names: list[str], args) -> list[tuple[str, int]]:
-  """(config, seed) of every run: seed 0 for each config, --seeds for the baseline and
-  the floor (the floor only with the downstream task)."""
+  """(config, seed) of every run: seed 0 for each config, --seeds for the baseline, the
+  floor (only with the downstream task) and the configs in --seeded."""
+  seeded = {BASELINE, *filter(None, args.seeded.split(","))}
   runs = []
   for name in names:
-    for seed in range(args.seeds if name == BASELINE else 1):
+    for seed in range(args.seeds if name in seeded or "all" in seeded else 1):
       runs.append((name, seed))
   if not args.no_downstream and not args.no_floor:
     runs += [(FLOOR, seed) for seed in range(args.seeds)]

@@ -189,3 +189,18 @@ def test_smoke_run_writes_table_plot_and_json(tmp_path, monkeypatch):
   (out / "notes.md").write_text("## Comparison with the paper\n\nhand-written")
   assert run_ablations.main(["--render_only", "--out", str(out)]) == 0
   assert "hand-written" in (out / "results.md").read_text()
+
+
+def test_planned_runs_seed_the_baseline_floor_and_seeded_configs():
+  def plan(*flags):
+    args = run_ablations.parse_args(["--configs", f"{run_ablations.BASELINE},span_2,rate_10",
+                                     "--seeds", "2", *flags])
+    run_ablations.config_names(args)
+    return run_ablations.planned_runs(run_ablations.config_names(args), args)
+  base, floor = run_ablations.BASELINE, run_ablations.FLOOR
+  assert plan() == [(base, 0), (base, 1), ("span_2", 0), ("rate_10", 0), (floor, 0), (floor, 1)]
+  assert plan("--seeded", "span_2", "--no_floor") == [(base, 0), (base, 1), ("span_2", 0),
+                                                      ("span_2", 1), ("rate_10", 0)]
+  assert len(plan("--seeded", "all", "--no_downstream")) == 6
+  with pytest.raises(SystemExit, match="--seeded span_5: not among the configs"):
+    plan("--seeded", "span_5")
