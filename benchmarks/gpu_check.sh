@@ -110,10 +110,11 @@ tests() {
 }
 
 if [ "$dry" = 1 ]; then
-  # No HF peers: the dry run checks the steps run; tests/test_bench.py runs the peers' code.
+  # No HF peers, no int8 rows, fast compiles: the dry run checks that the steps run;
+  # tests/test_bench.py runs the peers' and the int8 rows' code.
   train_args=(--presets tiny --batch 2 --input_len 32 --target_len 8 --dtype bfloat16
-              --steps 1 --repeats 1 --warmup 1 --peak_n 256 --no_hf --no_write)
-  decode_args=(--no_ct2 --no_hf --preset tiny --batch 2 --input_len 16 --new_tokens 4
+              --steps 1 --repeats 1 --warmup 1 --peak_n 256 --fast_compile --no_hf --no_write)
+  decode_args=(--no_ct2 --no_hf --no_int8 --preset tiny --batch 2 --input_len 16 --new_tokens 4
                --repeats 1 --dtype float32)
   memory_args=(--no_calibrate --inputs 32 --targets 8 --presets t5.1.1-small,t5.1.1-base)
 else
