@@ -2,8 +2,15 @@
 
 import os
 
+# Test-only LLVM settings: XLA's HLO passes (fusion, layout, sharding) are unchanged, only
+# the machine code is less optimised, so most tests, which compile more than they run,
+# take less time. Scripts the tests start add them to their own XLA_FLAGS.
+# T5JAX_TEST_XLA_FLAGS= (empty) compiles as users do.
+os.environ.setdefault("T5JAX_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true")
 # Must be set before jax is first imported anywhere in the test session.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      + os.environ["T5JAX_TEST_XLA_FLAGS"])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("USE_TF", "0")  # transformers: PyTorch only
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

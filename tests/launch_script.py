@@ -11,7 +11,8 @@ import json
 import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.pop("XLA_FLAGS", None)  # one CPU device per process
+# one CPU device per process (tests/conftest.py's test-only compile flags kept)
+os.environ["XLA_FLAGS"] = os.environ.get("T5JAX_TEST_XLA_FLAGS", "")
 
 import jax  # noqa: E402
 

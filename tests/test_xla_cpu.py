@@ -286,7 +286,7 @@ def test_fused_attention_equals_explicit_on_packed_padded_rows(name):
 
   cpu, standard = _on_both_paths(lambda: jax.jit(jax.value_and_grad(loss, has_aux=True))(params))
   np.testing.assert_allclose(cpu[0][1], standard[0][1], rtol=1e-5, atol=1e-5)  # logits
-  _assert_trees_close(cpu[1], standard[1], rtol=1e-4, atol=1e-6)
+  _assert_trees_close(cpu[1], standard[1], rtol=1e-4, atol=5e-6)
 
 
 def test_fused_attention_is_the_softmax_formula():

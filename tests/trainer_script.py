@@ -30,7 +30,8 @@ parser.add_argument("--saved_position", action="store_true",
                     help="a data source that saves its position and refuses to replay")
 args = parser.parse_args()
 
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.devices} "
+                           + os.environ.get("T5JAX_TEST_XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
