@@ -378,15 +378,61 @@ def print_examples(model: T5Config, params, vocabulary, data: DataConfig, task: 
   """Held-out examples: input (with sentinels), target, and the model's greedy output."""
   from t5jax.decoding import decode
   model, params = unscan_params(model, params)  # decoding needs per-layer params
-  batch = next(batches(data, task, data.eval_split, count, train=False, pack=False))
+  # Decodes a batch of at least 32 rows so the span count means something; prints `count`.
+  batch = next(batches(data, task, data.eval_split, max(count, 32), train=False, pack=False))
   out = decode(params, model, batch["encoder_input_tokens"],
                DecodeConfig(max_decode_length=data.targets_length))
   text = lambda ids: vocabulary.decode([int(t) for t in ids if t > 0])
-  for i in range(count):
+  predictions = np.asarray(out.tokens[:, 0])
+  for i in range(min(count, len(predictions))):
     print(f"\n--- example {i} ---")
     print(f"input:      {_clip(text(batch['encoder_input_tokens'][i]))}")
     print(f"target:     {_clip(text(batch['decoder_target_tokens'][i]))}")
-    print(f"prediction: {_clip(text(np.asarray(out.tokens[i, 0])))}")
+    print(f"prediction: {_clip(text(predictions[i]))}")
+  extra_ids = getattr(vocabulary, "extra_ids", 0)
+  if extra_ids:
+    fills = span_fills(batch["decoder_target_tokens"], predictions,
+                       vocabulary.vocab_size - extra_ids, vocabulary.vocab_size)
+    if fills["spans"]:
+      print(f"\nSpans filled exactly over these {len(predictions)} held-out rows: "
+            f"{fills['exact']} of {fills['spans']} ({fills['exact_multi']} of "
+            f"{fills['spans_multi']} longer than one token)")
+
+
+def span_fills(targets, predictions, first_sentinel: int, end: int) -> dict[str, int]:
+  """How many target spans (the tokens after each sentinel) a prediction fills exactly.
+
+  targets, predictions: [rows, length] ids, 0 = padding, 1 = EOS (ends the row).
+  Ids in [first_sentinel, end) are sentinels; a span runs from one sentinel to the
+  next sentinel or EOS. Span k of the target counts as filled when the prediction
+  has the same sentinel followed by the same tokens. Rows whose target holds no
+  sentinel (not a span-corruption target) count nothing.
+  """
+  def spans(row):
+    out, key = {}, None
+    for t in (int(t) for t in row):
+      if t in (0, 1):
+        break
+      if first_sentinel <= t < end:
+        key = t
+        out.setdefault(key, [])
+      elif key is not None:
+        out[key].append(t)
+    return out
+
+  total = {"spans": 0, "exact": 0, "spans_multi": 0, "exact_multi": 0}
+  for target, prediction in zip(np.asarray(targets), np.asarray(predictions)):
+    predicted = spans(prediction)
+    for key, tokens in spans(target).items():
+      if not tokens:
+        continue
+      hit = predicted.get(key) == tokens
+      total["spans"] += 1
+      total["exact"] += hit
+      if len(tokens) > 1:
+        total["spans_multi"] += 1
+        total["exact_multi"] += hit
+  return total
 
 
 def _clip(s: str, n: int = 400) -> str:

@@ -153,3 +153,17 @@ def test_unknown_task_lists_registered_ones(workspace, tmp_path, capsys):
   assert _pretrain(root, data, str(tmp_path / "x"), "--gin.DataConfig.task='glue_sst3'") == 2
   err = capsys.readouterr().err
   assert "Did you mean 'glue_sst2'" in err and "Registered:" in err
+
+
+def test_span_fills_counts_exactly_filled_spans():
+  from t5jax.run import span_fills
+  s0, s1, s2 = 99, 98, 97  # sentinels count down from the top: [97, 100)
+  targets = [[s0, 5, 6, s1, 7, s2, 8, 9, 1, 0],   # three spans
+             [5, 6, 7, 1, 0, 0, 0, 0, 0, 0]]      # no sentinel: not a span target
+  predictions = [[s0, 5, 6, s1, 4, s2, 8, 9, 3, 1],  # span 0 right; 1 wrong; 2 too long
+                 [5, 6, 7, 1, 0, 0, 0, 0, 0, 0]]
+  assert span_fills(targets, predictions, 97, 100) == {
+      "spans": 3, "exact": 1, "spans_multi": 2, "exact_multi": 1}
+  # A right span after the wrong sentinel does not count; EOS ends the row.
+  assert span_fills([[s0, 5, 1, s1, 6]], [[s1, 5, 1, s0, 5]], 97, 100)["exact"] == 0
+  assert span_fills([[s0, 5, 1]], [[s0, 5, 1]], 97, 100)["exact"] == 1
