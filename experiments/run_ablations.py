@@ -248,6 +248,23 @@ def downstream(run_dir: str, args) -> dict:
   return {k.split(f"{task}/", 1)[1]: v for k, v in metrics.items() if f"{task}/" in k}
 
 
+def sitting_inputs(task: dict | None) -> dict:
+  """{sitting's corpus hash, task hash, CPU}: the inputs a row's numbers depend on."""
+  from t5jax.data import corpus as corpus_lib
+  import platform
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  out = {"corpus": corpus_lib.fingerprint_files(corpus_lib.default_corpus()), "cpu": cpu}
+  if task is not None:
+    out["task"] = corpus_lib.fingerprint_files([task["train"], task["validation"]])
+  return out
+
+
 def package_task(args) -> dict:
   """The offline downstream task (t5jax.data.downstream), built once under --task_dir."""
   from t5jax.data import downstream as downstream_lib
@@ -681,6 +698,9 @@ def main(argv=None) -> int:
       command=" &&\n".join(commands + [command]),
       machine=f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.platform()})",
       sittings=len(commands) + 1, recipe=recipe)
+  # What each sitting read, so rows merged from different machines can be checked: a
+  # content hash of the pretraining corpus and of the downstream task's files.
+  meta["inputs"] = list(meta.get("inputs", [])) + [sitting_inputs(task)]
   if task is not None:
     meta["task"] = {
         "description": (f"which of {len(task['classes'])} packages ({', '.join(task['classes'])}) "

@@ -177,6 +177,9 @@ def test_smoke_run_writes_table_plot_and_json(tmp_path, monkeypatch):
   assert [(r["config"], r["seed"]) for r in merged["rows"][1:]] == [(run_ablations.FLOOR, 0)]
   assert 0 <= merged["rows"][1]["package"]["accuracy"] <= 1
   assert merged["meta"]["sittings"] == 2 and len(merged["meta"]["commands"]) == 2
+  # Each sitting records what it read: the same corpus and task here, both times.
+  inputs = merged["meta"]["inputs"]
+  assert len(inputs) == 2 and inputs[0] == inputs[1] and set(inputs[0]) == {"corpus", "cpu", "task"}
   table = (out / "results.md").read_text()
   assert "## Downstream" in table and "Chance: 50.0%" in table
   assert f"| {run_ablations.FLOOR} | Table 1 no pre-training | 1 |" in table
