@@ -103,12 +103,15 @@ def main(argv=None):
       print("ctranslate2 is not installed: its rows are skipped (pip install ctranslate2)")
       args.no_ct2 = True
 
+  from t5jax import compilation
   from t5jax.config import get_config
   from t5jax.decoding import DecodeConfig, decode, prepare_params
   from t5jax.model import init_params
+  compilation.enable_cache()  # a repeated run loads its executables (T5JAX_COMPILE_CACHE=0: off)
 
   base = get_config(args.preset, dropout_rate=0.0)
-  params = init_params(base, jax.random.PRNGKey(0))
+  # jitted: an eager init runs op by op, which is slow on a GPU
+  params = jax.jit(lambda k: init_params(base, k))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   enc = rng.integers(2, 32000, (args.batch, args.input_len)).astype(np.int32)
   n_tokens = args.batch * args.new_tokens

@@ -382,6 +382,8 @@ def parse_args(argv):
                       help="t5jax at XLA backend optimisation level 0 (smoke tests only)")
   parser.add_argument("--no_hf", action="store_true", help="skip both HF peers")
   parser.add_argument("--no_hf_flax", action="store_true", help="skip the HF Flax peer")
+  parser.add_argument("--no_t5jax", action="store_true",
+                      help="only the HF peers (e.g. each side in its own process on a GPU)")
   parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
   parser.add_argument("--no_write", action="store_true", help="print only")
   parser.add_argument("--peft", default=None, metavar="METHODS",
@@ -407,6 +409,8 @@ def parse_args(argv):
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
+  from t5jax import compilation
+  compilation.enable_cache()  # a repeated run loads its executables (T5JAX_COMPILE_CACHE=0: off)
   if args.peft:
     return _run_peft(args, argv)
   return _run(args, argv)
@@ -534,21 +538,25 @@ def _run(args, argv) -> list[dict]:
     print(f"\n{preset}: {format_count(count_params(config))} params, batch {args.batch}, "
           f"{args.input_len}/{args.target_len}, {dtype}, dropout {config.dropout_rate}, "
           f"{step_flops / 1e9:.1f} GFLOP/step", flush=True)
-    params = init_params(config, jax.random.PRNGKey(0))
-
     # Each peer is set up and warmed up on its own (memory is measured there), then
     # the timed blocks alternate t5jax, HF PyTorch, HF Flax, t5jax, ... so that this
     # VM's drifting speed touches every peer alike.
     results, runners = {}, {}
-    mem = PeakMemory(args.on_gpu)
-    with mem:
-      runners["t5jax"] = t5jax_runner(config, args)
-    results["t5jax"] = {"memory": mem.bytes, "memory_label": mem.label}
+    if not args.no_t5jax:
+      mem = PeakMemory(args.on_gpu)
+      with mem:
+        runners["t5jax"] = t5jax_runner(config, args)
+      results["t5jax"] = {"memory": mem.bytes, "memory_label": mem.label}
+      print(f"  t5jax: init + compile + {args.warmup} warm-up steps in "
+            f"{runners['t5jax'].compile_s:.1f} s", flush=True)
     peers = [] if args.no_hf else [("HF PyTorch", hf_torch_runner)] + (
         [] if args.no_hf_flax else [("HF Flax", hf_flax_runner)])
     if peers:
       with tempfile.TemporaryDirectory() as hf_dir:
         from t5jax.conversion.hf import save_hf
+        # The same random weights on every side (jitted: an eager init is slow on a GPU).
+        params = jax.device_get(jax.jit(lambda k: init_params(config, k))(
+            jax.random.PRNGKey(0)))
         save_hf(hf_dir, config, params)
         del params
         for name, fn in peers:
@@ -572,7 +580,7 @@ def _run(args, argv) -> list[dict]:
       results[name].update(loss=runner.loss(), compile_s=runner.compile_s)
     del runners
 
-    ours = statistics.median(results["t5jax"]["times"])
+    ours = statistics.median(results["t5jax"]["times"]) if "t5jax" in results else None
     for name, r in results.items():
       row = {"preset": preset, "dtype": dtype, "peer": name}
       if "skipped" in r:
@@ -583,7 +591,7 @@ def _run(args, argv) -> list[dict]:
                  seq_per_s=args.batch / median, tflops=step_flops / median / 1e12,
                  mfu=flops.mfu(step_flops, median, 1, peak), memory=r["memory"],
                  memory_label=r["memory_label"], compile_s=r.get("compile_s"),
-                 loss=r["loss"], ratio=None if name == "t5jax" else median / ours)
+                 loss=r["loss"], ratio=None if name == "t5jax" or ours is None else median / ours)
       rows.append(row)
       print(f"  {name}: {row['tokens_per_s']:.0f} tokens/s (median of {args.repeats} x "
             f"{args.steps} steps: {', '.join(f'{t:.3f}' for t in r['times'])} s/step), "

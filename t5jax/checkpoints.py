@@ -73,7 +73,8 @@ class ConfigMismatchError(UsageError):
 
 # T5Config fields that change no parameter's name, shape or meaning: a run may
 # resume with them changed (scan_layers changes the layout, which is converted).
-PARAMETER_FREE_FIELDS = ("dtype", "remat_policy", "dropout_rate", "scan_layers")
+PARAMETER_FREE_FIELDS = ("dtype", "matmul_precision", "remat_policy", "dropout_rate",
+                         "scan_layers")
 BEST_FILE = "best.json"
 
 

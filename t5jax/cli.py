@@ -105,6 +105,10 @@ def _gin_command(name: str):
     if getattr(args, "quantize", None):
       bindings.append(f"DecodeConfig.quantize = {args.quantize!r}")
     search = [p for p in args.gin_search_paths.split(",") if p]
+    from t5jax import compilation
+    cache = compilation.enable_cache()  # before anything compiles
+    print(f"XLA compile cache: {cache or 'off'} ({compilation.ENV}=0 turns it off, "
+          f"{compilation.ENV}=DIR moves it).", flush=True)
     import gin
     gin.clear_config()  # one command, one configuration (matters when called in-process)
     gin_setup.parse(args.gin_file, bindings, search)

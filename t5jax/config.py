@@ -19,6 +19,10 @@ from t5jax.errors import UnknownNameError, UsageError
 
 FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gated-silu")
 REMAT_POLICIES = ("none", "full", "save_dots")
+# T5Config.matmul_precision: 'highest' runs float32 matmuls in float32 on every backend;
+# 'default' (alias 'tf32') lets the backend pick its fast path (TF32 on Ampere and later
+# GPUs, bfloat16 passes on TPUs); 'high' is the middle setting (3-pass bf16 on TPU).
+MATMUL_PRECISIONS = ("highest", "high", "default", "tf32")
 # Name of the scanned layer stack (a param path key) and of its stacked axis
 # (a logical axis name); t5jax.optim finds stacked parameters by this key.
 SCANNED_LAYERS = "layers"
@@ -180,12 +184,17 @@ class T5Config:
   # Activation dtype of matmuls and the residual stream. Parameters are always
   # float32; norms, softmax and logits are computed in float32.
   dtype: str = "float32"
+  # Precision of every matmul (see MATMUL_PRECISIONS). None: 'highest' for a float32
+  # model, so float32 means float32 on GPUs too (XLA:GPU would otherwise run TF32), and
+  # 'default' for bfloat16 / float16 models, whose operands are 16-bit anyway.
+  matmul_precision: str | None = None
   # Rematerialisation of each layer in the backward pass (see REMAT_POLICIES).
   remat_policy: str = "none"
   # Run each stack's layers as one nn.scan over a layer body: parameters are
   # stacked along a leading "layers" axis (`encoder/layers/...` instead of
-  # `encoder/layers_0/...`), so compile time no longer grows with depth.
-  # Incremental decoding needs the per-layer form: t5jax.model.unscan_params.
+  # `encoder/layers_0/...`), so compile time no longer grows with depth. Every
+  # preset but `tiny` scans (as T5X's T5.1.1 configs do); decoding and HF / PEFT
+  # export unscan by themselves (t5jax.model.unscan_params).
   scan_layers: bool = False
   pad_token_id: int = 0
   eos_token_id: int = 1
@@ -202,6 +211,10 @@ class T5Config:
       raise UsageError(
           f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected one "
           f"of {FEED_FORWARD_KINDS}.")
+    if self.matmul_precision is not None and self.matmul_precision not in MATMUL_PRECISIONS:
+      raise UsageError(
+          f"T5Config.matmul_precision={self.matmul_precision!r}: expected None (from the "
+          f"dtype) or one of {MATMUL_PRECISIONS}.")
     if self.remat_policy not in REMAT_POLICIES:
       raise UsageError(
           f"T5Config.remat_policy={self.remat_policy!r}: expected one of "
@@ -232,6 +245,14 @@ class T5Config:
     return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
   @property
+  def dot_precision(self) -> str:
+    """matmul_precision resolved: 'highest' / 'high' / 'default' ('tf32' is 'default')."""
+    if self.matmul_precision is None:
+      dtype = getattr(self.dtype, "name", None) or getattr(self.dtype, "__name__", self.dtype)
+      return "highest" if str(dtype) == "float32" else "default"
+    return "default" if self.matmul_precision == "tf32" else self.matmul_precision
+
+  @property
   def is_gated(self) -> bool:
     return self.feed_forward_proj.startswith("gated-")
 
@@ -246,14 +267,14 @@ class T5Config:
 def _v10(d_model, num_heads, d_kv, d_ff, layers):
   return T5Config(d_model=d_model, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
                   num_layers=layers, feed_forward_proj="relu",
-                  tie_word_embeddings=True, dropout_rate=0.1)
+                  tie_word_embeddings=True, dropout_rate=0.1, scan_layers=True)
 
 
 def _v11(d_model, num_heads, d_kv, d_ff, layers):
   # T5.1.1 turned dropout off for pre-training; finetune configs set 0.1.
   return T5Config(d_model=d_model, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
                   num_layers=layers, feed_forward_proj="gated-gelu",
-                  tie_word_embeddings=False, dropout_rate=0.0)
+                  tie_word_embeddings=False, dropout_rate=0.0, scan_layers=True)
 
 
 def _gated(vocab_size, d_model, num_heads, d_kv, d_ff, layers, decoder_layers=None,
@@ -262,7 +283,7 @@ def _gated(vocab_size, d_model, num_heads, d_kv, d_ff, layers, decoder_layers=No
   return T5Config(vocab_size=vocab_size, d_model=d_model, num_heads=num_heads, d_kv=d_kv,
                   d_ff=d_ff, num_layers=layers, num_decoder_layers=decoder_layers,
                   feed_forward_proj=feed_forward_proj, tie_word_embeddings=False,
-                  dropout_rate=dropout_rate)
+                  dropout_rate=dropout_rate, scan_layers=True)
 
 
 # mT5: T5.1.1 dimensions, SentencePiece vocab of 250,000 + 100 sentinels padded to 250112.
@@ -304,7 +325,9 @@ PRESETS: dict[str, T5Config] = {
     # UL2 20B (Tay et al. 2022; HF google/ul2 config.json): gated SiLU, d_kv 256.
     "ul2": _gated(32128, 4096, 16, 256, 16384, 32, feed_forward_proj="gated-silu",
                   dropout_rate=0.1),
-    # For tests and the CPU demo: T5.1.1-style, a few layers, narrow.
+    # For tests and the CPU demo: T5.1.1-style, a few layers, narrow. Per-layer: on
+    # XLA-CPU an unrolled step of a shallow model runs faster than a scanned one
+    # (t5.1.1-small f32: 2.25 vs 2.54 s), and compile time is small at 2 layers.
     "tiny": T5Config(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=2,
                      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                      dropout_rate=0.0),

@@ -23,7 +23,7 @@ import numpy as np
 
 from t5jax.config import T5Config
 from t5jax import xla_cpu
-from t5jax.model import T5, init_cache, init_params
+from t5jax.model import T5, init_cache, init_params, unscan_params
 from t5jax.errors import UsageError
 
 NEG_INF = -1e10
@@ -269,6 +269,8 @@ def prepare_params(params, config: T5Config, quantize: str | None = None) -> Dec
   README "Decoding"). Activations, norms and the KV cache stay in config.dtype.
   """
   dtype = jnp.dtype(config.dtype)
+  if not isinstance(params, DecodeParams):
+    config, params = unscan_params(config, params)  # the decoding cache is per layer
   if isinstance(params, DecodeParams):
     if params.quantize != quantize and quantize is not None:
       raise ValueError(f"these DecodeParams were prepared with quantize={params.quantize!r}, "
@@ -347,8 +349,8 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
            quantize: str | None = None) -> DecodeOutput:
   """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options.
 
-  `params`: the model's per-layer params, or `prepare_params(params, config)` made
-  once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and
+  `params`: the model's params (a scanned model's are unscanned here: the cache is
+  per layer), or `prepare_params(params, config)` made once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and
   inputs are sharded as in training (rule set `rules`) and the decode loop runs
   under the mesh: rows over the data axis, heads / mlp / vocab over the model axis.
   `quantize='int8'`: int8 weights and matmuls (`prepare_params`), on one device or a mesh.
@@ -359,6 +361,10 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   if rng is None:
     rng = jax.random.PRNGKey(0)
   config = config.replace(dropout_rate=0.0)
+  if isinstance(params, DecodeParams):
+    config = config.replace(scan_layers=False)
+  else:
+    config, params = unscan_params(config, params)
   quantize = quantize or cfg.quantize
   if mesh is None:
     return _decode_jit(prepare_params(params, config, quantize), tokens, rng, config, cfg)

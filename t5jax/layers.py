@@ -1,7 +1,8 @@
 """T5 building blocks in Flax Linen: norm, relative position bias, attention, MLP.
 
-Plain JAX/Flax, as T5X writes them; jax/flax/numpy and `t5jax.xla_cpu` are imported
-here. The few functions marked "CPU path" hand over to `t5jax.xla_cpu` when its
+Plain JAX/Flax, as T5X writes them; jax/flax/numpy, `t5jax.xla_cpu`, `t5jax.quantize`
+and `t5jax.rng` (dropout bits, the kernels' truncated normal) are imported here. Every
+dot takes the model's `precision` (T5Config.dot_precision). The few functions marked "CPU path" hand over to `t5jax.xla_cpu` when its
 switch (`T5JAX_CPU_KERNELS`, on by default on a CPU backend) is on: the same
 function written the way XLA-CPU runs fastest. Every parameter carries logical axis
 names (`'embed'`, `'heads'`, `'kv'`, `'mlp'`, `'vocab'`, `'relpos_buckets'`);
@@ -20,83 +21,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5jax import quantize, xla_cpu
+from t5jax.rng import counter_bits, truncated_normal
 from t5jax.quantize import Int8Weight
 
 Array = jax.Array
 # Large negative instead of -inf: a fully masked row (a padding query) then gives a
 # uniform softmax rather than NaNs, and its output is ignored by the loss anyway.
 NEG_INF = -1e10
+# T5Config.dot_precision -> the precision every dot_general of the model is asked for.
+PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
+              "default": jax.lax.Precision.DEFAULT}
 
 
 def _param(module: nn.Module, name: str, init, shape, axes):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+# Std of a standard normal truncated to [-2, 2] (what variance scaling divides by).
+TRUNCATED_STD = 0.87962566103423978
+
+
 def dense_init(in_axis, out_axis, scale: float = 1.0):
-  """T5X's kernel init: variance scaling on fan-in (truncated normal)."""
-  return nn.initializers.variance_scaling(
-      scale, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
+  """T5X's kernel init: variance scaling on fan-in, truncated normal at +-2 std.
 
-
-def _mix32(x: Array) -> Array:
-  """A bijective uint32 integer hash (Wellons' lowbias32: avalanche bias ~0.17%)."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
-
-
-def index_bits(seed: Array, low: Array, high: Array | None = None) -> Array:
-  """uint32 bits of the 64-bit element index high * 2**32 + low under a 2-word seed.
-
-  For a fixed `high`, low -> bits is a bijection (each step is), so no two elements
-  of a 2**32 block share a value; `high` shifts the second round by mix(high), which
-  differs for every block (mix is a bijection with mix(0) = 0).
+  nn.initializers.variance_scaling(scale, 'fan_in', 'truncated_normal', in_axis,
+  out_axis) to rounding, its samples drawn by `t5jax.rng.truncated_normal` (half the
+  init program of jax's: see there).
   """
-  offset = seed[1] if high is None else seed[1] ^ _mix32(high)
-  return _mix32(_mix32(low ^ seed[0]) + offset)
+  in_axes = (in_axis,) if isinstance(in_axis, int) else tuple(in_axis)
+  out_axes = (out_axis,) if isinstance(out_axis, int) else tuple(out_axis)
 
-
-def _element_index(shape, max_low: int = 2**32) -> tuple[Array, Array | None]:
-  """(low, high) uint32 words of each element's index, shaped like `shape`.
-
-  Below `max_low` elements it is the row-major index (high None). Above, the
-  shape splits into leading axes (`high`: their row-major index) and trailing
-  axes of fewer than `max_low` elements (`low`), so (low, high) is unique per
-  element without 64-bit integers.
-  """
-  size = int(np.prod(shape, dtype=np.int64))
-  if size <= max_low:
-    return jax.lax.iota(jnp.uint32, size).reshape(shape), None
-  split, inner = len(shape), 1
-  while split > 0 and inner * shape[split - 1] <= max_low:
-    split -= 1
-    inner *= shape[split]
-  if split == len(shape) or int(np.prod(shape[:split], dtype=np.int64)) > 2**32:
-    raise ValueError(f"cannot index a dropout mask of shape {shape}: an axis of more "
-                     f"than {max_low} elements, or more than 2**64 elements.")
-  ones = (1,) * (len(shape) - split)
-  low = jax.lax.iota(jnp.uint32, inner).reshape((1,) * split + tuple(shape[split:]))
-  high = jax.lax.iota(jnp.uint32, int(np.prod(shape[:split]))).reshape(
-      tuple(shape[:split]) + ones)
-  return jnp.broadcast_to(low, shape), jnp.broadcast_to(high, shape)
-
-
-def counter_bits(key: Array, shape, max_low: int = 2**32) -> Array:
-  """Random uint32 bits: each element's index hashed with a 64-bit seed drawn from `key`.
-
-  A counter-based generator like threefry or Philox, but 2 hash rounds instead of
-  20 cipher rounds: cheaper on every backend (on XLA-CPU jax.random.bits for a
-  T5-small step's dropout masks took about a third of the step). Only the seed goes
-  through jax.random, so streams follow the key tree (fold_in / split per layer and
-  step). Elementwise in the index, so it shards like iota. Tensors of more than
-  2**32 elements index with two words (`_element_index`), so masks never repeat
-  (`max_low` is lowered only by tests). For dropout masks, not for cryptography.
-  """
-  seed = jax.random.bits(key, (2,), jnp.uint32)
-  low, high = _element_index(tuple(shape), max_low)
-  return index_bits(seed, low, high)
+  def init(key, shape, dtype=jnp.float32):
+    axes = [a % len(shape) for a in in_axes + out_axes]
+    receptive = int(np.prod([n for i, n in enumerate(shape) if i not in axes]))
+    fan_in = int(np.prod([shape[a % len(shape)] for a in in_axes])) * receptive
+    std = np.sqrt(scale / fan_in) / TRUNCATED_STD
+    return truncated_normal(key, -2.0, 2.0, shape, dtype) * jnp.asarray(std, dtype)
+  return init
 
 
 class Dropout(nn.Module):
@@ -151,7 +112,8 @@ def adapt_output(module: nn.Module, name: str, x: Array, y: Array, in_shape, out
   """y = x @ kernel `name` (x [..., *in_shape], y [..., *out_shape]) with the
   module's adapter on that kernel: + scaling * (dropout(x) A) B for LoRA (PEFT's
   unmerged form: no kernel-sized weight or weight gradient), y * l for IA3. The
-  module has fields `adapter` (AdapterConfig), `targets`, `dtype`, `deterministic`.
+  module has fields `adapter` (AdapterConfig), `targets`, `dtype`, `precision`,
+  `deterministic`.
   IA3 on 'wo' scales its input instead: see `adapt_input`."""
   adapter = module.adapter
   if name not in module.targets:
@@ -163,8 +125,9 @@ def adapt_output(module: nn.Module, name: str, x: Array, y: Array, in_shape, out
   x = Dropout(adapter.dropout, name=f"{name}_lora_dropout")(x, module.deterministic)
   lead, fan_in, fan_out = x.shape[:x.ndim - len(in_shape)], a.shape[:-1], b.shape[1:]
   low = matmul(x.reshape(*lead, int(np.prod(fan_in))), a.reshape(-1, adapter.rank),
-               module.dtype)
-  delta = matmul(low, b.reshape(adapter.rank, -1), module.dtype).reshape(*lead, *fan_out)
+               module.dtype, precision=module.precision)
+  delta = matmul(low, b.reshape(adapter.rank, -1), module.dtype,
+                 precision=module.precision).reshape(*lead, *fan_out)
   return y + delta * jnp.asarray(adapter.scaling, delta.dtype)
 
 
@@ -188,7 +151,8 @@ def merged_kernel(module: nn.Module, name: str, kernel: Array, in_dims: int, axe
     scale = _param(module, f"{name}_ia3", nn.initializers.ones, tuple(out_shape), out_axes)
     return kernel * scale
   a, b = _lora_params(module, name, in_shape, out_shape, in_axes, out_axes, adapter.rank)
-  delta = a.reshape(-1, adapter.rank) @ b.reshape(adapter.rank, -1)
+  delta = jnp.matmul(a.reshape(-1, adapter.rank), b.reshape(adapter.rank, -1),
+                     precision=jax.lax.Precision.HIGHEST)  # weights: tiny, exact
   return kernel + adapter.scaling * delta.reshape(kernel.shape)
 
 
@@ -237,6 +201,7 @@ class RelativePositionBias(nn.Module):
   max_distance: int
   num_heads: int
   bidirectional: bool
+  precision: str = "default"  # T5Config.dot_precision
 
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
@@ -250,9 +215,10 @@ class RelativePositionBias(nn.Module):
     one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
     # table[:, buckets] as a one-hot matmul (as T5X): cheaper than a gather on
     # accelerators, and it shards along heads.
+    precision = PRECISIONS[self.precision]
     if xla_cpu.enabled():  # CPU path
-      return xla_cpu.position_bias(table, one_hot)[None]
-    return jnp.einsum("hb,qkb->hqk", table, one_hot)[None]
+      return xla_cpu.position_bias(table, one_hot, precision)[None]
+    return jnp.einsum("hb,qkb->hqk", table, one_hot, precision=precision)[None]
 
 
 def add_shared_bias(scores: Array, bias: Array) -> Array:
@@ -262,48 +228,51 @@ def add_shared_bias(scores: Array, bias: Array) -> Array:
   return scores + bias
 
 
-def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
+def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None,
+           precision: str = "default") -> Array:
   """jnp.einsum of `a` and `b` cast to `dtype`, the result in `out_dtype` (default `dtype`).
 
   A float32 result (attention scores, logits) is asked of the dot itself with
   `preferred_element_type`; a bfloat16 one is the plain bfloat16 dot, which
   GPUs and TPUs accumulate in float32. Autodiff then gives the backward dots
-  bfloat16 cotangents, and `save_dots` remat sees every dot. CPU path.
+  bfloat16 cotangents, and `save_dots` remat sees every dot. `precision` (a
+  T5Config.dot_precision) is the dot's own, so its backward dots inherit it:
+  'highest' keeps a float32 model float32 where XLA:GPU would run TF32. CPU path.
   """
   if isinstance(b, Int8Weight):  # decoding with quantize='int8' (t5jax.quantize)
     return quantize.einsum(spec, a, b, dtype if out_dtype is None else out_dtype)
   if xla_cpu.enabled():
-    return xla_cpu.einsum(spec, a, b, dtype, out_dtype)
+    return xla_cpu.einsum(spec, a, b, dtype, out_dtype, PRECISIONS[precision])
   dtype = jnp.dtype(dtype)
   out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
   preferred = jnp.float32 if out_dtype == jnp.float32 else dtype
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
-                    preferred_element_type=preferred).astype(out_dtype)
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=preferred,
+                    precision=PRECISIONS[precision]).astype(out_dtype)
 
 
-def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
+def matmul(x: Array, kernel: Array, dtype, out_dtype=None, precision: str = "default") -> Array:
   """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`). CPU path."""
   if isinstance(kernel, Int8Weight):
     rows = quantize.einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel,
                            dtype if out_dtype is None else out_dtype)
     return rows.reshape(*x.shape[:-1], kernel.shape[-1])
   if xla_cpu.enabled():
-    return xla_cpu.matmul(x, kernel, dtype, out_dtype)
-  return einsum("...k,kn->...n", x, kernel, dtype, out_dtype)
+    return xla_cpu.matmul(x, kernel, dtype, out_dtype, PRECISIONS[precision])
+  return einsum("...k,kn->...n", x, kernel, dtype, out_dtype, precision)
 
 
-def project_to_heads(x: Array, kernel: Array, dtype) -> Array:
+def project_to_heads(x: Array, kernel: Array, dtype, precision: str = "default") -> Array:
   """[B, L, E] x [E, H, D] -> [B, L, H, D]. CPU path."""
   if xla_cpu.enabled() and not isinstance(kernel, Int8Weight):
-    return xla_cpu.project_to_heads(x, kernel, dtype)
-  return einsum("ble,ehd->blhd", x, kernel, dtype)
+    return xla_cpu.project_to_heads(x, kernel, dtype, PRECISIONS[precision])
+  return einsum("ble,ehd->blhd", x, kernel, dtype, precision=precision)
 
 
-def project_from_heads(x: Array, kernel: Array, dtype) -> Array:
+def project_from_heads(x: Array, kernel: Array, dtype, precision: str = "default") -> Array:
   """[B, L, H, D] x [H, D, E] -> [B, L, E]. CPU path."""
   if xla_cpu.enabled() and not isinstance(kernel, Int8Weight):
-    return xla_cpu.project_from_heads(x, kernel, dtype)
-  return einsum("blhd,hde->ble", x, kernel, dtype)
+    return xla_cpu.project_from_heads(x, kernel, dtype, PRECISIONS[precision])
+  return einsum("blhd,hde->ble", x, kernel, dtype, precision=precision)
 
 
 def fused_attention(query: Array, key: Array, value: Array, mask: Array | None,
@@ -331,9 +300,11 @@ def fused_attention(query: Array, key: Array, value: Array, mask: Array | None,
 class MultiHeadAttention(nn.Module):
   """Attention without 1/sqrt(d_kv) score scaling (folded into the query init).
 
-  Full sequences on the standard path with attention dropout off (T5.1.1
-  pretraining, evaluation) go through `fused_attention`; with dropout on, and on
-  the XLA-CPU path, the explicit einsum-softmax-einsum.
+  Full sequences on the standard path in bfloat16 / float16 with attention dropout
+  off (T5.1.1 pretraining, evaluation) go through `fused_attention` (cuDNN takes
+  16-bit operands only); with dropout on, in float32 (whose dots carry the model's
+  precision, which `jax.nn.dot_product_attention` has no argument for) and on the
+  XLA-CPU path, the explicit einsum-softmax-einsum.
 
   Modes: full sequences; incremental self-attention decoding (`decode=True`,
   one query at `decode_position`, keys/values written into the 'cache'
@@ -351,6 +322,7 @@ class MultiHeadAttention(nn.Module):
   cross: bool = False
   adapter: Any = None  # a t5jax.config.AdapterConfig (LoRA / IA3) for `targets`
   targets: tuple = ()  # which of query, key, value, out carry the adapter
+  precision: str = "default"  # T5Config.dot_precision
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
@@ -371,7 +343,7 @@ class MultiHeadAttention(nn.Module):
         wo = merged_kernel(self, "out", wo, 2, out_axes)
       return self._decode_attention(inputs_q, inputs_kv, mask, bias, decode_position,
                                     (wq, wk, wv, wo))
-    project = lambda x, w: project_to_heads(x, w, self.dtype)
+    project = lambda x, w: project_to_heads(x, w, self.dtype, self.precision)
     adapt = lambda name, x, y: adapt_output(self, name, x, y, (d_model,), (h, d), ("embed",),
                                             ("heads", "kv"))
 
@@ -382,22 +354,23 @@ class MultiHeadAttention(nn.Module):
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
-    if not xla_cpu.enabled() and (self.deterministic or self.dropout_rate == 0.0):
+    if (not xla_cpu.enabled() and jnp.dtype(self.dtype).itemsize == 2
+        and (self.deterministic or self.dropout_rate == 0.0)):
       out = fused_attention(query, key, value, mask, bias)
       return self._output(out, wo)
-    scores = einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32)
+    scores = einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32, self.precision)
     if bias is not None:
       scores = add_shared_bias(scores, bias)
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
     weights = Dropout(self.dropout_rate)(weights, self.deterministic)
-    out = einsum("bhqk,bkhd->bqhd", weights, value, self.dtype)
+    out = einsum("bhqk,bkhd->bqhd", weights, value, self.dtype, precision=self.precision)
     return self._output(out, wo)
 
   def _output(self, out, wo):
     """The output projection [B, L, H, D] -> [B, L, E], with its adapter if targeted."""
-    y = project_from_heads(out, wo, self.dtype)
+    y = project_from_heads(out, wo, self.dtype, self.precision)
     if not self.targets:
       return y
     return adapt_output(self, "out", out, y, wo.shape[:2], wo.shape[2:], ("heads", "kv"),
@@ -427,7 +400,7 @@ class MultiHeadAttention(nn.Module):
     def project(x, w):  # heads-major after the plain matmul (an einsum straight to
       # heads-major made XLA-CPU transpose the weights on every step)
       return nn.with_logical_constraint(
-          jnp.swapaxes(project_to_heads(x, w, self.dtype), 1, 2), heads_major)
+          jnp.swapaxes(project_to_heads(x, w, self.dtype, self.precision), 1, 2), heads_major)
 
     query = project(inputs_q, wq)  # [Bq, H, Q, D]
     if self.cross:
@@ -468,16 +441,16 @@ class MultiHeadAttention(nn.Module):
       bias = None if bias is None else fold(to_rows(bias))
       if mask is not None and not (mask.shape[0] in (1, kv_rows) and mask.shape[2] == 1):
         mask = fold(to_rows(mask))  # else it broadcasts over the folded queries as it is
-    scores = einsum("bhqd,bhkd->bhqk", query, key, self.dtype, jnp.float32)
+    scores = einsum("bhqd,bhkd->bhqk", query, key, self.dtype, jnp.float32, self.precision)
     if bias is not None:
       scores = scores + bias
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = einsum("bhqk,bhkd->bhqd", probs, value, self.dtype)
+    out = einsum("bhqk,bhkd->bhqd", probs, value, self.dtype, precision=self.precision)
     if groups > 1:  # [kv_rows, H, g * Q, D] -> [rows, H, Q, D]
       out = jnp.swapaxes(out.reshape(kv_rows, h, groups, q_len, d), 1, 2).reshape(rows, h, q_len, d)
-    return project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype)
+    return project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype, self.precision)
 
 
 # The activation of wi_0 in each gated feed-forward kind (T5Config.feed_forward_proj).
@@ -500,6 +473,7 @@ class MlpBlock(nn.Module):
   deterministic: bool = True
   adapter: Any = None  # a t5jax.config.AdapterConfig (LoRA / IA3) for `targets`
   targets: tuple = ()  # which of wi / wi_0 / wi_1 / wo carry the adapter
+  precision: str = "default"  # T5Config.dot_precision
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -508,7 +482,7 @@ class MlpBlock(nn.Module):
 
     def up(name):
       kernel = _param(self, name, dense_init(0, 1), (d_model, self.d_ff), ("embed", "mlp"))
-      y = matmul(x, kernel, self.dtype)
+      y = matmul(x, kernel, self.dtype, precision=self.precision)
       if self.targets:
         y = adapt_output(self, name, x, y, (d_model,), (self.d_ff,), ("embed",), ("mlp",))
       return y
@@ -524,9 +498,9 @@ class MlpBlock(nn.Module):
     hidden = Dropout(self.dropout_rate)(hidden, self.deterministic)
     wo = _param(self, "wo", dense_init(0, 1), (self.d_ff, d_model), ("mlp", "embed"))
     if not self.targets:
-      return matmul(hidden, wo, self.dtype)
+      return matmul(hidden, wo, self.dtype, precision=self.precision)
     hidden = adapt_input(self, "wo", hidden, (self.d_ff,), ("mlp",))
-    y = matmul(hidden, wo, self.dtype)
+    y = matmul(hidden, wo, self.dtype, precision=self.precision)
     if self.adapter.method == "ia3":
       return y
     return adapt_output(self, "wo", hidden, y, (self.d_ff,), (d_model,), ("mlp",), ("embed",))
@@ -538,6 +512,7 @@ class Embed(nn.Module):
   vocab_size: int
   features: int
   dtype: Any = jnp.float32
+  precision: str = "default"  # T5Config.dot_precision (of `attend`)
 
   def setup(self):
     self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
@@ -550,8 +525,8 @@ class Embed(nn.Module):
 
   def attend(self, x: Array) -> Array:
     if xla_cpu.enabled() and not isinstance(self.embedding, Int8Weight):  # CPU path
-      return xla_cpu.attend(x, self.embedding, self.dtype)
-    return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32)
+      return xla_cpu.attend(x, self.embedding, self.dtype, PRECISIONS[self.precision])
+    return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32, self.precision)
 
 
 @functools.lru_cache(maxsize=None)

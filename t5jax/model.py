@@ -11,7 +11,7 @@ in a packed row, and attention across segments is masked.
 
 Incremental decoding keeps keys/values in the 'cache' collection; see
 `init_cache` and `T5.decode(..., decode=True)`. Only jax/flax/numpy and
-t5jax's config and layers here.
+t5jax's config, layers and rng (the init key) here.
 
 With `config.scan_layers` each stack's layers run as one `nn.scan` and their
 parameters are stacked along a leading 'layers' axis (`encoder/layers/...`);
@@ -31,6 +31,7 @@ import numpy as np
 from t5jax.config import SCANNED_LAYERS, T5Config, layer_targets
 from t5jax.layers import (Dropout, Embed, MlpBlock, MultiHeadAttention, RMSNorm,
                           RelativePositionBias, dense_init, matmul, remat_policy, _param)
+from t5jax.rng import init_key
 
 Array = jax.Array
 
@@ -84,12 +85,12 @@ class EncoderLayer(nn.Module):
     adapters = lambda block: _adapter_fields(cfg, "encoder", self.index, block)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype,
-                           self.deterministic, name="attention", **adapters("attention"))(
-                               y, y, mask, bias)
+                           self.deterministic, name="attention", precision=cfg.dot_precision,
+                           **adapters("attention"))(y, y, mask, bias)
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     y = MlpBlock(cfg.d_ff, cfg.feed_forward_proj, cfg.dropout_rate, dtype, self.deterministic,
-                 name="mlp", **adapters("mlp"))(y)
+                 name="mlp", precision=cfg.dot_precision, **adapters("mlp"))(y)
     x = x + dropout(y)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return (x, None) if self.scanned else x
@@ -108,7 +109,8 @@ class DecoderLayer(nn.Module):
     dropout = lambda y: Dropout(cfg.dropout_rate)(y, self.deterministic)
     adapters = lambda block: _adapter_fields(cfg, "decoder", self.index, block)
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.d_kv,
-                                  cfg.dropout_rate, dtype, self.deterministic, self.decode)
+                                  cfg.dropout_rate, dtype, self.deterministic, self.decode,
+                                  precision=cfg.dot_precision)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
     y = attention(name="self_attention", **adapters("self_attention"))(
         y, y, self_mask, bias, decode_position)
@@ -119,7 +121,7 @@ class DecoderLayer(nn.Module):
     x = x + dropout(y)
     y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     y = MlpBlock(cfg.d_ff, cfg.feed_forward_proj, cfg.dropout_rate, dtype, self.deterministic,
-                 name="mlp", **adapters("mlp"))(y)
+                 name="mlp", precision=cfg.dot_precision, **adapters("mlp"))(y)
     x = x + dropout(y)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return (x, None) if self.scanned else x
@@ -154,7 +156,8 @@ class Encoder(nn.Module):
     positions = jnp.arange(num_prompt + tokens.shape[1])
     bias = RelativePositionBias(cfg.relative_attention_num_buckets,
                                 cfg.relative_attention_max_distance, cfg.num_heads,
-                                bidirectional=True, name="relpos_bias")(positions, positions)
+                                bidirectional=True, precision=cfg.dot_precision,
+                                name="relpos_bias")(positions, positions)
     x = self.shared_embedding(tokens)
     if num_prompt:
       x, mask = self._prepend_prompt(x, mask, valid, segment_ids is not None, num_prompt)
@@ -206,7 +209,8 @@ class Decoder(nn.Module):
     length = tokens.shape[1]
     relpos = RelativePositionBias(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
-                                  bidirectional=False, name="relpos_bias")
+                                  bidirectional=False, precision=cfg.dot_precision,
+                                  name="relpos_bias")
     decode_position = None
     stepping = decode and self.has_variable("cache", "position")
     if decode:
@@ -254,7 +258,7 @@ class Decoder(nn.Module):
     else:
       kernel = _param(self, "logits_dense", dense_init(0, 1), (cfg.d_model, cfg.vocab_size),
                       ("embed", "vocab"))
-      logits = matmul(x, kernel, cfg.dtype, jnp.float32)
+      logits = matmul(x, kernel, cfg.dtype, jnp.float32, cfg.dot_precision)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -265,7 +269,8 @@ class T5(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, jnp.dtype(cfg.dtype))
+    self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, jnp.dtype(cfg.dtype),
+                                cfg.dot_precision)
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
@@ -307,8 +312,12 @@ def _dummy_inputs(batch=1, encoder_length=8, decoder_length=8):
 
 
 def init_params(config: T5Config, rng: Array, *, boxed: bool = False):
-  """Fresh float32 parameters. boxed=True keeps the logical-axis metadata."""
-  variables = T5(config).init(rng, *_dummy_inputs())
+  """Fresh float32 parameters. boxed=True keeps the logical-axis metadata.
+
+  The initialisers draw from `rng`'s words as a counter-hash key (t5jax.rng.init_key):
+  the same distributions as with threefry, in a program a fraction of the size.
+  """
+  variables = T5(config).init(init_key(rng), *_dummy_inputs())
   return variables["params"] if boxed else nn.meta.unbox(variables["params"])
 
 

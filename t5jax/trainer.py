@@ -11,6 +11,7 @@ batch_size / P rows. Everything else (resume, preemption, metrics) is here.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import queue
@@ -23,8 +24,8 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from t5jax import (checkpoints, flops, losses, optim, partitioning, peft, train_step as steps,
-                   xla_cpu)
+from t5jax import (checkpoints, compilation, flops, losses, optim, partitioning, peft,
+                   train_step as steps, xla_cpu)
 from t5jax.distributed import initialize_distributed  # noqa: F401 (re-exported)
 from t5jax.metrics import MetricsWriter
 from t5jax.model import init_params as model_init_params
@@ -105,12 +106,26 @@ class _SignalFlag:
       signal.signal(sig, old)
 
 
+def init_state_fn(model_config, tx, mesh, state_sh, compiler_options: dict | None = None):
+  """The jitted fresh init, `seed -> TrainState` placed directly into its shards.
+
+  The seed is an argument, not a constant, so one executable (and one compile-cache
+  entry) serves every seed. Its program is small and compiles in seconds whatever the
+  depth: parameters draw from the counter-hash key (t5jax.rng.init_key) and a
+  scanned model initialises one layer body.
+  """
+  make = lambda seed: steps.init_state(model_init_params(model_config,
+                                                         jax.random.PRNGKey(seed)), tx)
+  return jax.jit(make, in_shardings=partitioning.replicated(mesh), out_shardings=state_sh,
+                 compiler_options=compiler_options)
+
+
 def create_state(model_config, tx, mesh, rule_set, state_sh, seed: int = 0, params=None,
                  compiler_options: dict | None = None):
   """A sharded TrainState: fresh init (inside jit, directly into its shards) or given params."""
   if params is None:
-    make = lambda: steps.init_state(model_init_params(model_config, jax.random.PRNGKey(seed)), tx)
-    return jax.jit(make, out_shardings=state_sh, compiler_options=compiler_options)()
+    init = init_state_fn(model_config, tx, mesh, state_sh, compiler_options)
+    return init(np.uint32(seed % 2**32))
   params = jax.device_put(params, state_sh.params)
   return jax.jit(lambda p: steps.init_state(p, tx), in_shardings=(state_sh.params,),
                  out_shardings=state_sh, compiler_options=compiler_options)(params)
@@ -442,8 +457,10 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
     if changes:
       say(f"Changed since step {start} was saved: {changes}.")
   else:
-    state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed,
-                         adapter_start if adapter else init_params, config.compiler_options)
+    with compilation.watch() as compile_init:
+      state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed,
+                           adapter_start if adapter else init_params, config.compiler_options)
+    say(compile_init.describe("the state's init"))
     base_rng = jax.device_put(base_rng, rng_sh)
     start = 0
     say("Fresh start" + (" from the given params." if init_params is not None else "."))
@@ -494,7 +511,11 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
       if step_flops is None:
         lengths = (batch["encoder_input_tokens"].shape[1], batch["decoder_input_tokens"].shape[1])
         step_flops = flops.train_step_flops(model_config, config.batch_size, *lengths)
-      state, metrics = compiled.train_step(state, batch, jax.random.fold_in(base_rng, step))
+      # The first call compiles (or loads from the compile cache): say what that cost.
+      with compilation.watch() if step == start else contextlib.nullcontext() as compile_step:
+        state, metrics = compiled.train_step(state, batch, jax.random.fold_in(base_rng, step))
+      if compile_step is not None:
+        say(compile_step.describe("the train step"))
       step += 1
       pending.append((step, metrics))
 

@@ -103,13 +103,15 @@ def forced(on: bool):
 # custom VJP; each gradient comes back in its operand's own dtype, so a float32
 # weight gets an unrounded float32 gradient.
 
-def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None) -> Array:
-  """`layers.einsum` on the CPU path (same signature and function)."""
+def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None, precision=None) -> Array:
+  """`layers.einsum` on the CPU path (same function; `precision` a jax.lax.Precision,
+  which XLA-CPU ignores but keeps in the HLO: it matters if this path is forced on
+  another backend, as the tests do)."""
   dtype = jnp.dtype(dtype)
   out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
   if dtype == jnp.float32:
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
-                      preferred_element_type=jnp.float32).astype(out_dtype)
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
+                      precision=precision).astype(out_dtype)
   if isinstance(a, _JVPTracer) or isinstance(b, _JVPTracer):
     raise TypeError(
         f"Forward-mode autodiff (jax.jvp, jacfwd) of a {dtype.name} model is not supported "
@@ -182,54 +184,56 @@ def kernels_stored_out_in():
     _KERNELS_OUT_IN.reset(token)
 
 
-def matmul(x: Array, kernel: Array, dtype, out_dtype=None) -> Array:
+def matmul(x: Array, kernel: Array, dtype, out_dtype=None, precision=None) -> Array:
   """`layers.matmul` on the CPU path: x [..., K] @ kernel [K, N]."""
   if _KERNELS_OUT_IN.get():  # a 2-D dot: XLA keeps [N, K] for those, but canonicalises
     # a [..., K] x [N, K] dot by copying the weight to [K, N]
-    y = einsum("mk,nk->mn", x.reshape(-1, x.shape[-1]), kernel.T, dtype, out_dtype)
+    y = einsum("mk,nk->mn", x.reshape(-1, x.shape[-1]), kernel.T, dtype, out_dtype, precision)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
   if jnp.dtype(dtype) == jnp.float32:
     # One 2-D dot, so that autodiff's weight gradient is the 2-D "mk,mn->kn" too: from
     # [..., K] it contracts two row axes, and XLA-CPU wrote each cotangent transposed
     # inside its producer fusion. bfloat16 keeps the [..., K] form, faster there.
-    y = einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel, dtype, out_dtype)
+    y = einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel, dtype, out_dtype, precision)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
-  return einsum("...k,kn->...n", x, kernel, dtype, out_dtype)
+  return einsum("...k,kn->...n", x, kernel, dtype, out_dtype, precision)
 
 
-def project_to_heads(x: Array, kernel: Array, dtype) -> Array:
+def project_to_heads(x: Array, kernel: Array, dtype, precision=None) -> Array:
   """[B, L, E] x [E, H, D] -> [B, L, H, D] as one plain [B*L, E] x [E, H*D] matmul on
   the reshaped (not transposed) kernel: 3-D einsums made XLA-CPU copy weights and
   activations (~8% of a T5-small training step, and every decoding step)."""
   e, h, d = kernel.shape
-  y = matmul(x, kernel.reshape(e, h * d), dtype)
+  y = matmul(x, kernel.reshape(e, h * d), dtype, precision=precision)
   return y.reshape(*y.shape[:-1], h, d)
 
 
-def project_from_heads(x: Array, kernel: Array, dtype) -> Array:
+def project_from_heads(x: Array, kernel: Array, dtype, precision=None) -> Array:
   """[B, L, H, D] x [H, D, E] -> [B, L, E], likewise one 2-D matmul."""
   h, d, e = kernel.shape
-  return matmul(x.reshape(*x.shape[:2], h * d), kernel.reshape(h * d, e), dtype)
+  return matmul(x.reshape(*x.shape[:2], h * d), kernel.reshape(h * d, e), dtype,
+                precision=precision)
 
 
-def attend(x: Array, embedding: Array, dtype) -> Array:
+def attend(x: Array, embedding: Array, dtype, precision=None) -> Array:
   """Tied logits x @ embedding.T in float32 (decoding: the table is [out, in] already)."""
   if _KERNELS_OUT_IN.get():
-    return matmul(x, embedding.T, dtype, jnp.float32)
-  return einsum("bld,vd->blv", x, embedding, dtype, jnp.float32)
+    return matmul(x, embedding.T, dtype, jnp.float32, precision)
+  return einsum("bld,vd->blv", x, embedding, dtype, jnp.float32, precision)
 
 
 # ----------------------------------------------------------------------------
 # The relative position bias.
 
-def position_bias(table: Array, one_hot: Array) -> Array:
+def position_bias(table: Array, one_hot: Array, precision=None) -> Array:
   """[H, NB] x [Q, K, NB] -> [H, Q, K] behind an optimization barrier.
 
   The barrier is linear, and its transpose is a barrier on the cotangent: the
   gradient that sums every layer's (and the batch's) score gradients is then
   materialised before this tiny [H, Q*K] x [Q*K, NB] product, rather than XLA-CPU
   fusing six [B, H, Q, K] reductions into it (~5% of a T5-small training step)."""
-  return jax.lax.optimization_barrier(jnp.einsum("hb,qkb->hqk", table, one_hot))
+  return jax.lax.optimization_barrier(jnp.einsum("hb,qkb->hqk", table, one_hot,
+                                                 precision=precision))
 
 
 def add_shared_bias(scores: Array, bias: Array) -> Array:

@@ -144,7 +144,9 @@ def test_gated_silu_config_round_trips():
   hf_config = transformers.T5Config(**hf_json)
   assert (hf_config.dense_act_fn, hf_config.is_gated_act) == ("silu", True)
   # HF always names the decoder depth; the preset leaves it None (= num_layers).
-  assert hf_conv.config_from_hf(hf_json) == PRESETS["ul2"].replace(num_decoder_layers=32)
+  # HF checkpoints load per layer (load_checkpoint(..., scan_layers=True) stacks them).
+  assert hf_conv.config_from_hf(hf_json) == PRESETS["ul2"].replace(num_decoder_layers=32,
+                                                                   scan_layers=False)
 
 
 def test_unsupported_feed_forward_is_refused():

@@ -15,7 +15,8 @@ from t5jax import losses, optim, xla_cpu
 from t5jax import train_step as ts
 from t5jax.benchmark import synthetic_batch
 from t5jax.config import T5Config
-from t5jax.layers import counter_bits, index_bits, relative_position_bucket, _element_index
+from t5jax.layers import relative_position_bucket
+from t5jax.rng import counter_bits, index_bits, element_index as _element_index
 from t5jax.model import T5, init_params
 
 SMALL = dict(vocab_size=96, d_model=32, num_heads=4, d_kv=8, d_ff=48, num_layers=2,

@@ -333,9 +333,6 @@ def _named_file(e: BaseException, default: str) -> str:
 def save_checkpoint(path: str, config: T5Config, params: dict, format: str = "hf") -> None:
   """Writes 'hf' (always per-layer tensors) or 't5jax' (params as given, scanned or not)."""
   if format == "hf":
-    if config.scan_layers:
-      from t5jax.model import unscan_params
-      config, params = unscan_params(config, params)
     hf.save_hf(path, config, params)
   elif format == "t5jax":
     save_t5jax(path, config, params)

@@ -205,8 +205,12 @@ def load_hf(path: str, **overrides) -> tuple[T5Config, dict]:
 
 
 def save_hf(path: str, config: T5Config, params: dict) -> None:
-  """Writes config.json + model.safetensors loadable by transformers."""
+  """Writes config.json + model.safetensors loadable by transformers (per-layer tensors:
+  a scanned model's params are unstacked here)."""
   from safetensors.numpy import save_file
+  if config.scan_layers:
+    from t5jax.model import unscan_params  # flax: only for scanned params
+    config, params = unscan_params(config, params)
   if config.adapter is not None:
     raise UsageError(f"An HF T5 checkpoint has no place for a {config.adapter.method} adapter: "
                      "merge it first (t5jax.peft.merge_adapter; `t5jax convert` does), or "
