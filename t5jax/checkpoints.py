@@ -244,13 +244,20 @@ class Checkpointer:
     return saved
 
   def _update_best(self, step: int, value: float) -> None:
-    mode = self.config.best_mode
-    if self.best is not None and self.best.get("metric") == self.config.best_metric:
-      old = self.best["value"]
-      if not (value < old if mode == "min" else value > old):
-        return
-    self.best = {"step": int(step), "metric": self.config.best_metric, "value": value,
-                 "mode": mode}
+    """Records step's eval value in best.json: the best step and value, and `ranked`, every
+    evaluated checkpoint best first, which loading 'best' falls back along when the best
+    one cannot be read."""
+    mode, metric = self.config.best_mode, self.config.best_metric
+    same = self.best is not None and self.best.get("metric") == metric
+    ranked = [r for r in (self.best.get("ranked") or [] if same else []) if r["step"] != step]
+    if same and not ranked:  # a best.json from before `ranked`: its one step
+      ranked = [{"step": int(self.best["step"]), "value": float(self.best["value"])}]
+    ranked.append({"step": int(step), "value": value})
+    # Best first; ties go to the earlier step (it was the best first).
+    ranked.sort(key=lambda r: (r["value"] if mode == "min" else -r["value"], r["step"]))
+    top = ranked[0]
+    self.best = {"step": top["step"], "metric": metric, "value": top["value"], "mode": mode,
+                 "ranked": ranked}
     if jax.process_index() == 0:
       _write_json(os.path.join(self.run_dir, BEST_FILE), self.best)
 
@@ -343,7 +350,8 @@ class Checkpointer:
 
 
 def read_best(run_dir: str) -> dict | None:
-  """run_dir/best.json: {step, metric, value, mode} of the best checkpoint, or None."""
+  """run_dir/best.json: {step, metric, value, mode, ranked} (ranked: every evaluated
+  checkpoint, best first), or None."""
   path = os.path.join(run_dir, BEST_FILE)
   if not os.path.exists(path):
     return None

@@ -142,8 +142,11 @@ def test_keeps_best_by_eval_metric_besides_last_k(tmp_path):
   assert ckpt.all_steps() == [2, 4]  # the best (lowest loss) and the latest
   ckpt.close()
   # The run directory says which step is best, for eval / infer / convert --step=best.
+  # `ranked`: every evaluated step, best first, for loading to fall back along.
   best = json.load(open(tmp_path / "best.json"))
-  assert best == {"step": 2, "metric": "eval/loss", "value": 1.0, "mode": "min"}
+  assert best == {"step": 2, "metric": "eval/loss", "value": 1.0, "mode": "min",
+                  "ranked": [{"step": 2, "value": 1.0}, {"step": 3, "value": 2.0},
+                             {"step": 1, "value": 3.0}, {"step": 4, "value": 4.0}]}
 
 
 def test_parameter_free_fields_may_change_others_are_refused(tmp_path):

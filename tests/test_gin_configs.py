@@ -93,3 +93,33 @@ def test_missing_required_value_is_named(capsys):
 def test_gin_flag_needs_a_value():
   with pytest.raises(gin_setup.GinError, match="--gin.NAME=VALUE"):
     gin_setup.split_gin_flags(["--gin.TrainConfig.num_steps"])
+
+
+def _includes(name: str, seen: set) -> set:
+  """`name` and every file it includes, transitively."""
+  if name not in seen:
+    seen.add(name)
+    with open(os.path.join(gin_setup.GIN_DIR, name)) as f:
+      for line in f:
+        if line.startswith("include '"):
+          _includes(line.split("'")[1], seen)
+  return seen
+
+
+@pytest.mark.parametrize("name", GIN_FILES)
+def test_gin_file_opens_with_the_command_that_runs_it(name):
+  """Line 1 is '# Run: t5jax <command> ...', a command line the CLI parses, whose
+  --gin_file flags reach this file (directly or through an include)."""
+  import shlex
+  from t5jax.cli import build_parser
+  from t5jax.gin_setup import split_gin_flags
+  with open(os.path.join(gin_setup.GIN_DIR, name)) as f:
+    first = f.readline().rstrip("\n")
+  assert first.startswith("# Run: t5jax "), f"{name} line 1: {first!r}"
+  argv = shlex.split(first[len("# Run: t5jax "):])
+  rest, _ = split_gin_flags(argv)
+  args = build_parser().parse_args(rest)
+  reached = set()
+  for gin_file in args.gin_file:
+    _includes(gin_file, reached)
+  assert name in reached, f"{name}: its Run line reaches only {sorted(reached)}"

@@ -61,15 +61,17 @@ def run_dir(tmp_path_factory):
   return path
 
 
-def _set_best(run_dir, step):
+def _set_best(run_dir, step, ranked=None):
   path = os.path.join(run_dir, "best.json")
   if step is None:
     if os.path.exists(path):
       os.remove(path)
     return
+  best = {"step": step, "metric": "eval/glue_sst2/accuracy", "value": 91.25, "mode": "max"}
+  if ranked:
+    best["ranked"] = [{"step": s, "value": v} for s, v in ranked]
   with open(path, "w") as f:
-    json.dump({"step": step, "metric": "eval/glue_sst2/accuracy", "value": 91.25,
-               "mode": "max"}, f)
+    json.dump(best, f)
 
 
 def _warnings(out):
@@ -107,6 +109,26 @@ def test_best_loads_the_step_of_best_json(run_dir, capsys):
     assert info.step == BEFORE
     out = capsys.readouterr().out
     assert len(_warnings(out)) == 1 and f"best step {CORRUPT}" in out
+  finally:
+    _set_best(run_dir, None)
+
+
+def test_damaged_best_falls_back_to_the_next_best(run_dir, capsys):
+  """best.json ranks every evaluated step: a damaged best gives way to the next best still
+  on disk (not to the latest), saying which and why; with none left, to the latest."""
+  _set_best(run_dir, CORRUPT, ranked=[(CORRUPT, 91.25), (3, 90.5), (2, 90.0), (BEFORE, 89.0)])
+  try:
+    _, _, info = load_run_step(run_dir, "best")
+    assert info.step == 2 and info.choice == "best" and info.skipped == (CORRUPT,)
+    out = capsys.readouterr().out
+    [warning] = _warnings(out)  # step 3 was never kept on disk: skipped silently
+    assert f"step {CORRUPT}" in warning and "trying the next best, step 2" in warning
+    assert ("Loaded step 2 (next best (#3) by eval/glue_sst2/accuracy=90; best step "
+            f"{CORRUPT} (eval/glue_sst2/accuracy=91.25) unreadable)") in out
+    _set_best(run_dir, CORRUPT, ranked=[(CORRUPT, 91.25)])
+    _, _, info = load_run_step(run_dir, "best")
+    assert info.step == BEFORE
+    assert f"trying step {BEFORE} (latest)" in capsys.readouterr().out
   finally:
     _set_best(run_dir, None)
 

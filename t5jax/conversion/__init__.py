@@ -137,7 +137,9 @@ def load_t5jax(path: str, **overrides) -> tuple[T5Config, dict]:
   return config.replace(**overrides) if overrides else config, tree
 
 
-BEST_FILE = "best.json"  # run_dir/best.json: {step, metric, value, mode}, by the trainer
+# run_dir/best.json, by the trainer: {step, metric, value, mode, ranked}; ranked lists every
+# evaluated checkpoint ({step, value}) best first.
+BEST_FILE = "best.json"
 STEP_CHOICES = ("latest", "best")
 
 
@@ -152,17 +154,24 @@ class RunStep:
 
   def describe(self) -> str:
     best = self.best or {}
-    by = f"{best.get('metric')}={best.get('value', float('nan')):.4g}"
-    if self.choice == "best" and not self.skipped:
-      return f"best by {by}"
+    metric = best.get("metric")
+    values = {r["step"]: r["value"] for r in ranked_steps(best)}
+    by = lambda s: f"{metric}={values[s]:.4g}" if s in values else "no eval value"
     if self.choice == "given":
       return ""
-    if not self.skipped:
+    if self.choice == "latest" and not self.skipped:
       return "latest"
-    steps = [f"step {s}" for s in self.skipped]
+    if self.choice == "best" and not self.skipped:
+      return f"best by {by(self.step)}"
+    gone = [f"step {s}" for s in self.skipped]
     if self.choice == "best":
-      steps[0] = f"best step {self.skipped[0]} ({by})"
-    return f"latest readable; {', '.join(steps)} unreadable"
+      gone = [f"step {s} ({by(s)})" for s in self.skipped]
+      gone[0] = "best " + gone[0]
+    gone = ", ".join(gone)
+    if self.choice == "best" and self.step in values:
+      rank = [r["step"] for r in ranked_steps(best)].index(self.step) + 1
+      return f"next best (#{rank}) by {by(self.step)}; {gone} unreadable"
+    return f"latest readable; {gone} unreadable"
 
 
 def parse_step(step) -> int | str | None:
@@ -181,6 +190,16 @@ def run_steps(run_dir: str) -> list[int]:
   root = os.path.join(run_dir, "checkpoints")
   # Only finished steps: orbax writes into a temporary folder and renames it.
   return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def ranked_steps(best: dict | None) -> list[dict]:
+  """best.json's evaluated checkpoints ({step, value}), best first; a best.json written
+  before `ranked` existed gives its one best step."""
+  if not best:
+    return []
+  if best.get("ranked"):
+    return [{"step": int(r["step"]), "value": float(r["value"])} for r in best["ranked"]]
+  return [{"step": int(best["step"]), "value": float(best.get("value", float("nan")))}]
 
 
 def read_best(run_dir: str) -> dict | None:
@@ -235,12 +254,21 @@ def load_run_step(run_dir: str, step: int | str | None = None,
     if best is None:
       raise UsageError(f"{run_dir} has no {BEST_FILE}: no checkpoint was saved with "
                        "CheckpointConfig.best_metric. Pass --step=latest or a step number.")
-    order = [int(best["step"])] + [s for s in reversed(steps) if s != int(best["step"])]
+    # Along the recorded evaluations, best first (those still on disk: the trainer keeps
+    # CheckpointConfig.keep_best of them), then the newest of the rest.
+    ranked = [r["step"] for r in ranked_steps(best)]
+    ranked = ranked[:1] + [s for s in ranked[1:] if s in steps]
+    order = ranked + [s for s in reversed(steps) if s not in ranked]
   else:
     order = list(reversed(steps))
   skipped = []
   for i, s in enumerate(order):
-    later = f"trying step {order[i + 1]}" if i + 1 < len(order) else "no other step left"
+    if i + 1 == len(order):
+      later = "no other step left"
+    elif step == "best" and order[i + 1] in ranked:
+      later = f"trying the next best, step {order[i + 1]}"
+    else:
+      later = f"trying step {order[i + 1]}" + (" (latest)" if step == "best" else "")
     if s not in steps:  # best.json names a step that is gone (deleted by hand?)
       why = f"it is not in {os.path.join(run_dir, 'checkpoints')}"
     else:
