@@ -4,7 +4,7 @@ seqio packs with a tf.while_loop over each group of examples (its own
 docstring: "Slow."); on 2 cores that loop alone caps a 512/114 pipeline
 near 1,100 examples/s. Its faster path needs tensor2tensor's custom op.
 FastPackEncDecFeatureConverter replaces only the packing step with the same
-algorithm in numpy, so every other part of the conversion (decoder inputs,
+algorithm in numpy (`t5jax.data.rows.pack_group`, shared with the TensorFlow-free path), so every other part of the conversion (decoder inputs,
 loss weights, segment ids and positions for the model) is seqio's own, and
 tests/data/test_packing.py checks the output is identical to seqio's.
 
@@ -17,52 +17,10 @@ the end of the group. Segment ids count position-0 tokens along the row.
 
 from typing import Mapping
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
-
-def _pack_group(lengths: dict, flat: dict) -> dict:
-  """Packs one group. flat[k] = (values, row_splits); returns dense arrays."""
-  keys = list(lengths)
-  # seqio measures an example by its non-zero tokens (pad id 0).
-  ex_lens = {}
-  for k in keys:
-    values, splits = flat[k]
-    count = np.concatenate([[0], np.cumsum(values != 0)])
-    nonzero = count[splits[1:]] - count[splits[:-1]]
-    ex_lens[k] = np.minimum(nonzero, lengths[k])
-  n = len(flat[keys[0]][1]) - 1
-  rows = np.empty(n, np.int64)
-  offsets = {k: np.empty(n, np.int64) for k in keys}
-  row, fill = 0, {k: 0 for k in keys}
-  lens = {k: ex_lens[k].tolist() for k in keys}
-  for i in range(n):  # next-fit: a few integer ops per example
-    if not all(fill[k] + lens[k][i] <= lengths[k] for k in keys):
-      row += 1
-      fill = {k: 0 for k in keys}
-    rows[i] = row
-    for k in keys:
-      offsets[k][i] = fill[k]
-      fill[k] += lens[k][i]
-  num_rows = row + 1 if n else 0
-  out = {}
-  for k in keys:
-    values, splits = flat[k]
-    tokens = np.zeros((num_rows, lengths[k]), np.int32)
-    positions = np.zeros((num_rows, lengths[k]), np.int32)
-    # Every kept token: its example, its position in the example.
-    ex = np.repeat(np.arange(n), ex_lens[k])
-    pos = np.arange(len(ex)) - np.repeat(np.cumsum(ex_lens[k]) - ex_lens[k],
-                                         ex_lens[k])
-    src = splits[:-1][ex] + pos
-    tokens[rows[ex], offsets[k][ex] + pos] = values[src]
-    positions[rows[ex], offsets[k][ex] + pos] = pos
-    out[k] = tokens
-    out[k + "_positions"] = positions
-    out[k + "_segment_ids"] = (np.cumsum(positions == 0, axis=1,
-                                         dtype=np.int32) * (tokens != 0))
-  return out
+from t5jax.data.rows import pack_group
 
 
 def trim_and_pack_dataset(ds: tf.data.Dataset,
@@ -74,7 +32,7 @@ def trim_and_pack_dataset(ds: tf.data.Dataset,
 
   def np_fn(*args):
     flat = {k: (args[2 * i], args[2 * i + 1]) for i, k in enumerate(keys)}
-    packed = _pack_group(dict(lengths), flat)
+    packed = pack_group(dict(lengths), flat)
     return [packed[k] for k in out_keys]
 
   def pack(x):

@@ -7,7 +7,7 @@ import pytest
 import seqio
 
 from t5jax import data
-from t5jax.data import objectives
+from t5jax.data import noise, objectives
 from t5jax.data.objectives import UL2_DENOISERS
 from t5jax.errors import UsageError
 
@@ -97,7 +97,7 @@ def test_mixture_proportions(monkeypatch):
     assert mode_id == MODE_IDS[denoiser.mode]
     return denoise(tokens, rng, vocab_size, denoiser, mode_id)
 
-  monkeypatch.setattr(objectives, "ul2_denoise", recording)
+  monkeypatch.setattr(noise, "ul2_denoise", recording)  # where make_ul2_pair_fn looks
   make_pair = objectives.make_ul2_pair_fn(_Vocab, 64, 64)
   rng, n = np.random.default_rng(3), 20000
   tokens = _tokens(make_pair.raw_length)
