@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[data,test]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[data,grain,test]'
 	touch $(STAMP)
 
 test: $(STAMP)

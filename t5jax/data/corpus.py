@@ -12,6 +12,7 @@ Python itself and with the installed packages: docstrings of .py modules and
 """
 
 import ast
+import functools
 import hashlib
 import os
 import re
@@ -116,6 +117,41 @@ def train_split_documents(paths: str | Sequence[str], **kwargs) -> Iterator[str]
   for i, doc in enumerate(docs):
     if i % VALIDATION_EVERY != VALIDATION_EVERY - 1:
       yield doc
+
+
+# ByT5's byte vocabulary: what tokenized_corpus takes instead of a .model path
+# (t5jax.data.vocab.BYTE_VOCABULARY; UTF-8 byte b is id b + BYTE_OFFSET).
+BYTE_VOCABULARY, BYTE_OFFSET = "byte", 3
+
+
+@functools.lru_cache(maxsize=8)
+def tokenized_corpus(files: tuple[str, ...], spm_file: str, doc_per: str = "line",
+                     on_decode_error: str = "raise", fingerprint: str = ""):
+  """(flat int32 tokens, int64 row splits) of a corpus's documents, in order; memoised per
+  process by content fingerprint (pass fingerprint_files' key), so every split, shard and
+  pipeline shares one tokenisation. SentencePiece's multi-threaded encoder, no TensorFlow.
+
+  spm_file is a SentencePiece model, or BYTE_VOCABULARY for ByT5's byte ids (UTF-8 bytes
+  + 3, as seqio.ByteVocabulary encodes).
+  """
+  del fingerprint  # only part of the memo key
+  import numpy as np
+  docs = load_documents(list(files), doc_per=doc_per, on_decode_error=on_decode_error)
+  if spm_file == BYTE_VOCABULARY:
+    ids = [np.frombuffer(d.encode("utf-8"), np.uint8).astype(np.int32) + BYTE_OFFSET
+           for d in docs]
+  else:
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=spm_file)
+    ids = sp.encode(docs, num_threads=os.cpu_count() or 1)
+  lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+  if lengths.sum() == 0:
+    raise CorpusError(f"corpus {list(files)} tokenises to no tokens with {spm_file}")
+  if spm_file == BYTE_VOCABULARY:
+    flat = np.concatenate(ids).astype(np.int32)
+  else:
+    flat = np.fromiter((t for x in ids for t in x), np.int32, lengths.sum())
+  return flat, np.concatenate([[0], np.cumsum(lengths)])
 
 
 def fingerprint_files(files: Iterable[str], *extra) -> str:

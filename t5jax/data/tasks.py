@@ -14,7 +14,6 @@ steps, and the `mc4` mixture over all of them.
 
 import functools
 import hashlib
-import os
 from typing import Sequence
 
 import numpy as np
@@ -107,35 +106,6 @@ def register_text_task(name: str, vocabulary: seqio.Vocabulary, source: seqio.Da
       postprocess_fn=postprocess_fn, metric_fns=metric_fns)
 
 
-@functools.lru_cache(maxsize=8)
-def _tokenized_corpus(files: tuple[str, ...], spm_file: str, doc_per: str,
-                      on_decode_error: str, fingerprint: str):
-  """(flat int32 tokens, int64 row splits) of a corpus; memoised per process
-  by content fingerprint, so every split and shard shares one tokenisation.
-
-  spm_file is a SentencePiece model, or vocab.BYTE_VOCABULARY for ByT5's
-  byte ids (UTF-8 bytes + 3, as seqio.ByteVocabulary encodes).
-  """
-  del fingerprint  # only part of the memo key
-  docs = corpus_lib.load_documents(list(files), doc_per=doc_per,
-                                   on_decode_error=on_decode_error)
-  if spm_file == vocab_lib.BYTE_VOCABULARY:
-    ids = [np.frombuffer(d.encode("utf-8"), np.uint8).astype(np.int32)
-           + vocab_lib.BYTE_OFFSET for d in docs]
-  else:
-    sp = seqio.SentencePieceVocabulary(spm_file).tokenizer
-    ids = sp.encode(docs, num_threads=os.cpu_count() or 1)
-  lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-  if lengths.sum() == 0:
-    raise corpus_lib.CorpusError(
-        f"corpus {list(files)} tokenises to no tokens with {spm_file}")
-  if spm_file == vocab_lib.BYTE_VOCABULARY:
-    flat = np.concatenate(ids).astype(np.int32)
-  else:
-    flat = np.fromiter((t for x in ids for t in x), np.int32, lengths.sum())
-  return flat, np.concatenate([[0], np.cumsum(lengths)])
-
-
 def _spm_digest(vocabulary) -> str:
   if vocab_lib.is_byte_vocabulary(vocabulary):
     return vocab_lib.BYTE_VOCABULARY
@@ -164,8 +134,8 @@ def local_corpus_source(corpus_paths: str | Sequence[str],
   def dataset_fn(split, shuffle_files, seed=None):
     fingerprint = corpus_lib.fingerprint_files(
         files, doc_per, on_decode_error, _spm_digest(vocabulary))
-    flat, splits = _tokenized_corpus(files, _tokenizer_key(vocabulary),
-                                     doc_per, on_decode_error, fingerprint)
+    flat, splits = corpus_lib.tokenized_corpus(files, _tokenizer_key(vocabulary),
+                                               doc_per, on_decode_error, fingerprint)
     index = np.arange(len(splits) - 1)
     held_out = index % VALIDATION_EVERY == VALIDATION_EVERY - 1
     if split == "validation":

@@ -26,9 +26,9 @@ from t5jax.errors import MissingFileError, UsageError
 T5_EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 # get_vocabulary("byte"): ByT5's byte vocabulary with its 125 extra ids.
-BYTE_VOCABULARY = "byte"
+BYTE_VOCABULARY = corpus_lib.BYTE_VOCABULARY  # "byte"
 BYT5_EXTRA_IDS = 125
-BYTE_OFFSET = 3  # id of UTF-8 byte b is b + BYTE_OFFSET (after pad/eos/unk)
+BYTE_OFFSET = corpus_lib.BYTE_OFFSET  # 3: UTF-8 byte b is id b + 3 (after pad/eos/unk)
 
 
 def is_byte_vocabulary(vocabulary) -> bool:

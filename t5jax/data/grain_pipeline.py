@@ -1,0 +1,243 @@
+"""The TensorFlow-free input pipeline: a tokenised local corpus to model batches through
+grain and numpy, resumable in O(1) on any number of processes.
+
+    stream = CorpusStream(flat, splits, doc_ids, spec)          # what the batches hold
+    batches = GrainBatches(stream, batch_size=32, process_index=0, process_count=1)
+    batch = next(batches)               # int32 numpy arrays, the seqio pipeline's features
+    batches.save_state(directory)       # with each checkpoint (t5jax.checkpoints)
+    GrainBatches(stream, 32, process_index=p, process_count=P).restore_state(directory)
+
+The same objectives (`t5jax.data.noise`: span corruption, the paper's ablations, UL2),
+the same document steps (chunk, concatenate 128 documents, split into raw-length
+segments), EOS after trim and seqio's packing and features (`t5jax.data.rows`), as the
+seqio pipeline; tests/data/test_grain_pipeline.py compares them.
+
+Why it resumes in O(1), elastically. The global stream is cut into `num_shards` virtual
+shards. Shard k reads documents k, k + K, k + 2K, ... of an epoch-wise permutation of
+the corpus, in groups of 128 (T5's concatenation group); group g of shard k is a pure
+function of (seed, k, g): its documents, its random chunk picks and masks (a numpy
+Generator seeded with (seed, k, g)), its packed rows. Every global batch takes
+batch_size / K consecutive rows from each shard, shard after shard, so process p of P
+reads shards [p K / P, (p + 1) K / P) and its rows are exactly its slice of the global
+batch whatever P is. A shard's position is (group, row within the group): saving it is a
+few integers, restoring it recomputes one group. Processes save their shards' positions;
+a restore on another process count reads all of them.
+
+grain runs the per-group work: a MapDataset over group numbers, mapped by the group
+function, read ahead by grain's threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+
+from t5jax.data import noise, rows as rows_lib
+from t5jax.errors import UsageError
+
+STATE_FILE = "grain_state_{process}.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+  """What the rows are: objective, lengths, packing, seed (DataConfig's fields)."""
+
+  inputs_length: int = 512
+  targets_length: int = 114
+  objective: str = "span_corruption"
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+  pack: bool = True
+  seed: int = 0
+  shuffle: bool = True  # a new permutation of the documents every epoch
+
+
+class _Vocab:
+  """What the objectives read of a vocabulary."""
+
+  def __init__(self, vocab_size: int, extra_ids: int):
+    self.vocab_size, self.extra_ids = vocab_size, extra_ids
+
+
+class CorpusStream:
+  """Rows of model features from tokenised documents, by (shard, group).
+
+  flat, splits: the corpus's tokens and row splits (corpus.tokenized_corpus); doc_ids:
+  the documents of the split, in order; vocab_size: pieces + extra ids (sentinels count
+  down from vocab_size - 1), extra_ids: the sentinels available.
+  """
+
+  def __init__(self, flat: np.ndarray, splits: np.ndarray, doc_ids: np.ndarray,
+               spec: StreamSpec, vocab_size: int, extra_ids: int = 100,
+               num_shards: int = 8):
+    if len(doc_ids) == 0:
+      raise UsageError("the corpus split has no documents")
+    self.flat, self.splits = flat, splits
+    self.doc_ids = np.asarray(doc_ids, np.int64)
+    self.spec, self.num_shards = spec, num_shards
+    self.vocab_size = vocab_size
+    self.lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
+    vocab = _Vocab(vocab_size, extra_ids)
+    if spec.objective == "ul2":
+      self.make_pair = noise.make_pair_fn("ul2", vocab, sequence_length=self.lengths)
+      self.raw_length = self.make_pair.raw_length
+    else:
+      self.make_pair = noise.make_pair_fn(
+          spec.objective, vocab, noise_density=spec.noise_density,
+          mean_noise_span_length=spec.mean_noise_span_length)
+      self.raw_length = (noise.random_spans_helper(
+          spec.inputs_length, spec.noise_density, spec.mean_noise_span_length)[0]
+          if spec.objective == "span_corruption" else spec.inputs_length - 1)
+
+  @functools.lru_cache(maxsize=4)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if not self.spec.shuffle:
+      return self.doc_ids
+    rng = np.random.default_rng([self.spec.seed, 0x5EED, epoch])
+    return self.doc_ids[rng.permutation(len(self.doc_ids))]
+
+  def document(self, position: int) -> np.ndarray:
+    """Token ids of the document at `position` of the endless epoch-wise stream."""
+    epoch, i = divmod(position, len(self.doc_ids))
+    doc = self._permutation(epoch)[i]
+    return self.flat[self.splits[doc]:self.splits[doc + 1]]
+
+  def group_rows(self, shard: int, group: int) -> list[dict]:
+    """The model rows of group `group` of shard `shard` (a pure function of both and the
+    seed): its 128 documents chunked, concatenated, split, denoised, EOS appended,
+    packed (or padded)."""
+    k = self.num_shards
+    first = group * noise.CONCAT_BATCH
+    docs = [self.document((first + j) * k + shard) for j in range(noise.CONCAT_BATCH)]
+    rng = np.random.default_rng([self.spec.seed, shard, group])
+    examples = []
+    for segment in noise.segments(docs, self.raw_length, rng):
+      inputs, targets = self.make_pair(segment, rng, self.vocab_size)
+      examples.append({
+          "inputs": rows_lib.append_eos_after_trim(inputs, self.spec.inputs_length),
+          "targets": rows_lib.append_eos_after_trim(targets, self.spec.targets_length)})
+    return list(rows_lib.to_rows(examples, self.lengths, self.spec.pack))
+
+
+class _ShardReader:
+  """One shard's rows from a position (group, row): grain reads the groups ahead."""
+
+  def __init__(self, stream: CorpusStream, shard: int, group: int, row: int,
+               read_threads: int):
+    import grain
+    self.stream, self.shard = stream, shard
+    self.group, self.row = group, row
+    groups = grain.MapDataset.range(group, 2 ** 62).map(
+        functools.partial(stream.group_rows, shard))
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2)
+    self._groups = iter(groups.to_iter_dataset(read_options=options))
+    self._rows = next(self._groups)
+
+  def take(self, n: int) -> list[dict]:
+    out = []
+    while len(out) < n:
+      if self.row >= len(self._rows):  # a group can hold no row (a tiny corpus): skip
+        self._rows, self.group, self.row = next(self._groups), self.group + 1, 0
+        continue
+      out.append(self._rows[self.row])
+      self.row += 1
+    return out
+
+
+class GrainBatches:
+  """This process's numpy batches from a CorpusStream (what BatchIterator gives for the
+  seqio pipeline: the same keys, int32 [batch_size / process_count, length])."""
+
+  def __init__(self, stream: CorpusStream, batch_size: int, *, start_step: int = 0,
+               process_index: int = 0, process_count: int = 1, read_threads: int = 2):
+    k = stream.num_shards
+    if k % process_count or batch_size % k:
+      raise UsageError(
+          f"the grain pipeline's {k} virtual shards must divide among {process_count} "
+          f"process(es) and divide batch_size={batch_size}: choose a batch size that is a "
+          f"multiple of {k} (or another DataConfig.grain_shards).")
+    self.stream, self.batch_size = stream, batch_size
+    self.process_index, self.process_count = process_index, process_count
+    per = k // process_count
+    self.shards = list(range(process_index * per, (process_index + 1) * per))
+    self.rows_per_shard = batch_size // k
+    self.read_threads = read_threads
+    self.step = 0
+    self._positions = {s: (0, 0) for s in self.shards}
+    self._readers = None
+    self._skip = start_step
+
+  def __iter__(self):
+    return self
+
+  def _start(self):
+    if self._readers is None:
+      self._readers = {s: _ShardReader(self.stream, s, *self._positions[s], self.read_threads)
+                       for s in self.shards}
+      for _ in range(self._skip):  # replay (no saved position): O(start_step)
+        self._next()
+      self._skip = 0
+
+  def _next(self) -> dict:
+    rows = [r for s in self.shards for r in self._readers[s].take(self.rows_per_shard)]
+    self.step += 1
+    return {key: np.stack([r[key] for r in rows]).astype(np.int32) for key in rows[0]}
+
+  def __next__(self) -> dict:
+    self._start()
+    return self._next()
+
+  def positions(self) -> dict[int, tuple[int, int]]:
+    """{shard: (group, row)} of this process's shards: where the next batch starts."""
+    if self._readers is None:
+      return dict(self._positions)
+    return {s: (r.group, r.row) for s, r in self._readers.items()}
+
+  def save_state(self, directory: str) -> bool:
+    """Writes this process's shard positions (one small JSON file per process)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, STATE_FILE.format(process=self.process_index))
+    state = {"step": self.step + self._skip, "num_shards": self.stream.num_shards,
+             "positions": {str(s): list(p) for s, p in self.positions().items()}}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(state, f)
+    os.replace(tmp, path)
+    return True
+
+  def restore_state(self, directory: str) -> bool:
+    """Continues from positions written by save_state on any number of processes (the
+    files of every process are read); False if none were written there."""
+    files = glob.glob(os.path.join(directory, STATE_FILE.format(process="*")))
+    if not files:
+      return False
+    positions, steps = {}, set()
+    for path in files:
+      with open(path) as f:
+        state = json.load(f)
+      if state["num_shards"] != self.stream.num_shards:
+        raise UsageError(f"{path} was saved with {state['num_shards']} virtual shards, this "
+                         f"run has {self.stream.num_shards}: they must agree to resume.")
+      steps.add(state["step"])
+      positions.update({int(s): tuple(p) for s, p in state["positions"].items()})
+    missing = [s for s in self.shards if s not in positions]
+    if missing or len(steps) != 1:
+      raise UsageError(f"{directory}: the saved positions do not cover shards {missing} or "
+                       f"disagree on the step ({sorted(steps)}); the checkpoint is incomplete.")
+    self._positions = {s: positions[s] for s in self.shards}
+    self.step, self._skip, self._readers = steps.pop(), 0, None
+    return True
+
+
+def iter_batches(stream: CorpusStream, batch_size: int, **kwargs) -> Iterator[dict]:
+  """GrainBatches as a plain iterator (for eval loops)."""
+  return GrainBatches(stream, batch_size, **kwargs)
+
+
+__all__ = ["StreamSpec", "CorpusStream", "GrainBatches", "iter_batches"]
