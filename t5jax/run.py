@@ -38,6 +38,10 @@ class DataConfig:
   """Which task, its vocabulary, and how examples become batches."""
 
   task: str = DEFAULT_TASK  # a seqio task or mixture (see `t5jax tasks`)
+  # 'seqio' (tf.data; every task) or 'grain' (no TensorFlow: the default and local corpus
+  # tasks, t5jax.data.grain_pipeline; its position resumes on any process count).
+  pipeline: str = "seqio"
+  grain_shards: int = 8  # the grain pipeline's virtual shards (divide the batch size)
   inputs_length: int = 512
   targets_length: int = 114  # 114 is span corruption's target length for 512 inputs
   pack: bool = True
@@ -133,7 +137,11 @@ def prepare_task(data: DataConfig):
   from t5jax import data as data_lib
   # seqio warns that function-backed tasks are not cached; ours are by design.
   absl_logging.set_verbosity(absl_logging.ERROR)
+  if data.pipeline == "grain":  # checks its task names itself, without seqio
+    return _prepare_grain_task(data)
   _check_task_name(data.task)  # before a vocabulary is trained for a misspelt name
+  if data.pipeline != "seqio":
+    raise UsageError(f"DataConfig.pipeline={data.pipeline!r}: 'seqio' or 'grain'.")
   if data.vocabulary not in (None, "byte") and not os.path.isfile(data.vocabulary):
     raise UsageError(f"DataConfig.vocabulary={data.vocabulary!r} does not exist: pass a "
                      "SentencePiece .model file (e.g. T5's spiece.model), 'byte' for ByT5's byte "
@@ -163,6 +171,48 @@ def prepare_task(data: DataConfig):
     register_tfds_tasks(vocabulary, mixing=data.mixing, mixing_cap=data.mixing_cap,
                         mixing_temperature=data.mixing_temperature)
   return vocabulary, data.task
+
+
+GRAIN_TASKS = (DEFAULT_TASK, LOCAL_CORPUS_TASK)
+
+
+def _prepare_grain_task(data: DataConfig):
+  """prepare_task for DataConfig.pipeline='grain': a SentencePiece vocabulary and the
+  corpus's files, with no TensorFlow or seqio imported."""
+  from t5jax.data import vocab as vocab_lib
+  if data.task not in GRAIN_TASKS:
+    raise UsageError(f"DataConfig.pipeline='grain' reads {' and '.join(GRAIN_TASKS)}; task "
+                     f"{data.task!r} needs DataConfig.pipeline='seqio'.")
+  if data.task == LOCAL_CORPUS_TASK and not data.corpus:
+    raise UsageError("DataConfig.task='local_corpus' needs DataConfig.corpus: text files or "
+                     "folders, e.g. --gin.DataConfig.corpus=\"('my_corpus/',)\".")
+  if data.vocabulary not in (None,) and not os.path.isfile(data.vocabulary):
+    raise UsageError(f"DataConfig.vocabulary={data.vocabulary!r} does not exist: pass a "
+                     "SentencePiece .model file, or None to train one on the default corpus.")
+  vocabulary = vocab_lib.get_spm_vocabulary(data.vocabulary, vocab_size=data.vocab_size,
+                                            cache_dir=data.cache_dir)
+  return vocabulary, data.task
+
+
+def _grain_stream(data: DataConfig, task: str, split: str, vocabulary, train: bool,
+                  pack: bool):
+  """The grain pipeline's CorpusStream of one split (the corpus tokenised once)."""
+  from t5jax.data import corpus as corpus_lib, grain_pipeline
+  paths = (corpus_lib.default_corpus(data.cache_dir) if task == DEFAULT_TASK
+           else list(data.corpus))
+  files = tuple(corpus_lib.list_corpus_files(paths))
+  key = corpus_lib.fingerprint_files(files, data.doc_per, vocabulary.sentencepiece_model_file)
+  flat, splits = corpus_lib.tokenized_corpus(files, vocabulary.sentencepiece_model_file,
+                                             data.doc_per, "raise", key)
+  spec = grain_pipeline.StreamSpec(
+      inputs_length=data.inputs_length, targets_length=data.targets_length,
+      objective=data.objective, noise_density=data.noise_density,
+      mean_noise_span_length=data.mean_noise_span_length, pack=pack, seed=data.seed,
+      shuffle=train)
+  return grain_pipeline.CorpusStream(flat, splits,
+                                     corpus_lib.split_indices(len(splits) - 1, split, files),
+                                     spec, vocabulary.vocab_size, vocabulary.extra_ids,
+                                     num_shards=data.grain_shards)
 
 
 def register_tfds_tasks(vocabulary, *, mixing: str = "proportional", mixing_cap: int = 2 ** 19,
@@ -260,13 +310,24 @@ def check_vocabulary(model: T5Config, vocabulary) -> None:
 
 
 def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_step: int = 0,
-            train: bool = True, pack: bool | None = None):
+            train: bool = True, pack: bool | None = None, vocabulary=None):
+  pack = data.pack if pack is None else pack
+  if data.pipeline == "grain":
+    from t5jax.data import grain_pipeline
+    vocabulary = vocabulary or _prepare_grain_task(data)[0]
+    stream = _grain_stream(data, task, split, vocabulary, train, pack)
+    # Eval batches need not divide into the virtual shards: one shard reads them.
+    if not train and batch_size % stream.num_shards:
+      stream.num_shards = 1
+    return grain_pipeline.GrainBatches(stream, batch_size, start_step=start_step,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
   from t5jax.data import make_batch_iterator
   return make_batch_iterator(
       task, split=split, sequence_length={"inputs": data.inputs_length,
                                           "targets": data.targets_length},
       batch_size=batch_size, seed=data.seed, start_step=start_step,
-      pack=data.pack if pack is None else pack, shuffle=train, repeat=True,
+      pack=pack, shuffle=train, repeat=True,
       data_dir=data.data_dir)
 
 
@@ -335,15 +396,16 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
 
   # 3. Input: training batches from any step (resume), a fixed eval slice.
   def data_fn(start_step):
-    return batches(data, task, "train", trainer.batch_size, start_step=start_step)
+    return batches(data, task, "train", trainer.batch_size, start_step=start_step,
+                   vocabulary=vocabulary)
 
   def eval_data_fn():
     return itertools.islice(batches(data, task, data.eval_split, trainer.batch_size,
-                                    train=False), data.eval_batches)
+                                    train=False, vocabulary=vocabulary), data.eval_batches)
 
   # Tasks with metrics (GLUE, SuperGLUE) are also decoded and scored at each eval.
   eval_hook = None
-  if trainer.eval_every and _has_metrics(task):
+  if trainer.eval_every and _has_metrics(task, data):
     if jax.process_count() > 1:
       print("Decoding evals during training run on one process only; use `t5jax eval`.")
     else:
@@ -379,7 +441,8 @@ def print_examples(model: T5Config, params, vocabulary, data: DataConfig, task: 
   from t5jax.decoding import decode
   model, params = unscan_params(model, params)  # decoding needs per-layer params
   # Decodes a batch of at least 32 rows so the span count means something; prints `count`.
-  batch = next(batches(data, task, data.eval_split, max(count, 32), train=False, pack=False))
+  batch = next(batches(data, task, data.eval_split, max(count, 32), train=False, pack=False,
+                       vocabulary=vocabulary))
   out = decode(params, model, batch["encoder_input_tokens"],
                DecodeConfig(max_decode_length=data.targets_length))
   text = lambda ids: vocabulary.decode([int(t) for t in ids if t > 0])
@@ -478,7 +541,9 @@ def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DEFAULT_DATA,
   return metrics
 
 
-def _has_metrics(task: str) -> bool:
+def _has_metrics(task: str, data: DataConfig | None = None) -> bool:
+  if data is not None and data.pipeline == "grain":
+    return False  # pretraining corpora: teacher-forced loss only
   import seqio
   provider = seqio.get_mixture_or_task(task)
   return any(t.metric_fns for t in getattr(provider, "tasks", [provider]))

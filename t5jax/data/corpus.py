@@ -154,6 +154,25 @@ def tokenized_corpus(files: tuple[str, ...], spm_file: str, doc_per: str = "line
   return flat, np.concatenate([[0], np.cumsum(lengths)])
 
 
+def split_indices(num_docs: int, split: str, files=()):
+  """The documents of a local corpus's split: 'validation' holds every
+  VALIDATION_EVERY-th one, 'train' the rest (all of them below VALIDATION_EVERY)."""
+  import numpy as np
+  index = np.arange(num_docs)
+  held_out = index % VALIDATION_EVERY == VALIDATION_EVERY - 1
+  if split == "validation":
+    index = index[held_out]
+  elif split == "train":
+    index = index[~held_out] if num_docs >= VALIDATION_EVERY else index
+  else:
+    raise UsageError(f"local corpus split must be 'train' or 'validation', got {split!r}")
+  if len(index) == 0:
+    raise CorpusError(
+        f"split {split!r} of corpus {list(files)} is empty: it holds every "
+        f"{VALIDATION_EVERY}th document, so it needs at least {VALIDATION_EVERY} documents")
+  return index
+
+
 def fingerprint_files(files: Iterable[str], *extra) -> str:
   """A content hash of files plus extra parameters, used as a cache key."""
   h = hashlib.sha256(repr(extra).encode())

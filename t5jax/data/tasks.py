@@ -16,7 +16,6 @@ import functools
 import hashlib
 from typing import Sequence
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -136,20 +135,7 @@ def local_corpus_source(corpus_paths: str | Sequence[str],
         files, doc_per, on_decode_error, _spm_digest(vocabulary))
     flat, splits = corpus_lib.tokenized_corpus(files, _tokenizer_key(vocabulary),
                                                doc_per, on_decode_error, fingerprint)
-    index = np.arange(len(splits) - 1)
-    held_out = index % VALIDATION_EVERY == VALIDATION_EVERY - 1
-    if split == "validation":
-      index = index[held_out]
-    elif split == "train":
-      index = index[~held_out] if len(index) >= VALIDATION_EVERY else index
-    else:
-      raise UsageError(f"local corpus split must be 'train' or 'validation', "
-                       f"got {split!r}")
-    if len(index) == 0:
-      raise corpus_lib.CorpusError(
-          f"split {split!r} of corpus {list(files)} is empty: it holds every "
-          f"{VALIDATION_EVERY}th document, so it needs at least "
-          f"{VALIDATION_EVERY} documents")
+    index = corpus_lib.split_indices(len(splits) - 1, split, files)
     docs = tf.gather(tf.RaggedTensor.from_row_splits(flat, splits), index)
     # Slicing a ragged tensor in tf.data is ~4x faster than a per-document
     # map, and the whole-corpus shuffle buffer only holds views of it.

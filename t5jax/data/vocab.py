@@ -17,7 +17,6 @@ import os
 import tempfile
 from typing import Sequence
 
-import seqio
 import sentencepiece as spm
 
 from t5jax.data import corpus as corpus_lib
@@ -32,16 +31,17 @@ BYTE_OFFSET = corpus_lib.BYTE_OFFSET  # 3: UTF-8 byte b is id b + 3 (after pad/e
 
 
 def is_byte_vocabulary(vocabulary) -> bool:
+  import seqio
   return isinstance(vocabulary, seqio.ByteVocabulary)
 
 
-def get_byte_vocabulary(extra_ids: int = BYT5_EXTRA_IDS
-                        ) -> seqio.ByteVocabulary:
+def get_byte_vocabulary(extra_ids: int = BYT5_EXTRA_IDS):
   """ByT5's vocabulary: 3 special ids, 256 bytes, extra_ids sentinels.
 
   With the default 125 extra ids vocab_size is 384 (ByT5's embedding size),
   and sentinel i is 383 - i.
   """
+  import seqio  # this module imports seqio (TensorFlow) only where it builds its vocabularies
   return seqio.ByteVocabulary(extra_ids=extra_ids)
 
 
@@ -100,7 +100,7 @@ def train_vocab(corpus_files: str | Sequence[str], output_dir: str,
 
 def get_vocabulary(spm_path: str | None = None, *,
                    extra_ids: int = T5_EXTRA_IDS, vocab_size: int = 32000,
-                   cache_dir: str | None = None) -> seqio.Vocabulary:
+                   cache_dir: str | None = None):
   """Returns a seqio SentencePieceVocabulary with T5's 100 extra ids.
 
   Args:
@@ -115,6 +115,18 @@ def get_vocabulary(spm_path: str | None = None, *,
   """
   if spm_path == BYTE_VOCABULARY:
     return get_byte_vocabulary()
+  spm_path = _spm_path(spm_path, vocab_size, cache_dir)
+  import seqio
+  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+  if vocab.pad_id != PAD_ID or vocab.eos_id != EOS_ID:
+    raise UsageError(
+        f"{spm_path} has pad={vocab.pad_id} eos={vocab.eos_id}; T5 needs pad=0, "
+        "eos=1, unk=2 (train it with train_vocab)")
+  return vocab
+
+
+def _spm_path(spm_path: str | None, vocab_size: int, cache_dir: str | None) -> str:
+  """The .model to use: spm_path, or one trained (once, then cached) on the default corpus."""
   if spm_path is None:
     cache_dir = cache_dir or corpus_lib.DEFAULT_CACHE_DIR
     spm_path = train_vocab(corpus_lib.default_corpus(cache_dir), cache_dir,
@@ -124,9 +136,48 @@ def get_vocabulary(spm_path: str | None = None, *,
         f"SentencePiece model {spm_path!r} not found; pass the path of a "
         ".model file (e.g. T5's spiece.model), \"byte\" for ByT5's byte "
         "vocabulary, or None to train one")
-  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
-  if vocab.pad_id != PAD_ID or vocab.eos_id != EOS_ID:
-    raise UsageError(
-        f"{spm_path} has pad={vocab.pad_id} eos={vocab.eos_id}; T5 needs pad=0, "
-        "eos=1, unk=2 (train it with train_vocab)")
-  return vocab
+  return spm_path
+
+
+class SpmVocabulary:
+  """T5's SentencePiece layout without seqio (what the TensorFlow-free pipeline uses):
+  the model's pieces, then `extra_ids` sentinels, <extra_id_0> the last id. The same ids
+  and text as seqio.SentencePieceVocabulary over the same .model."""
+
+  def __init__(self, spm_path: str, extra_ids: int = T5_EXTRA_IDS):
+    self.sentencepiece_model_file, self.extra_ids = spm_path, extra_ids
+    self._sp = spm.SentencePieceProcessor(model_file=spm_path)
+    if self._sp.pad_id() != PAD_ID or self._sp.eos_id() != EOS_ID:
+      raise UsageError(
+          f"{spm_path} has pad={self._sp.pad_id()} eos={self._sp.eos_id()}; T5 needs "
+          "pad=0, eos=1, unk=2 (train it with train_vocab)")
+    self.pieces = self._sp.get_piece_size()
+    self.vocab_size = self.pieces + extra_ids
+    self.pad_id, self.eos_id, self.unk_id = PAD_ID, EOS_ID, UNK_ID
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def decode(self, ids) -> str:
+    """Text of ids; a sentinel reads <extra_id_N>, and decoding stops at EOS (as seqio)."""
+    out, run = [], []
+    for i in (int(i) for i in ids):
+      if i == EOS_ID:
+        break
+      if i >= self.pieces:
+        out.append(self._sp.decode(run))
+        out.append(f"<extra_id_{self.vocab_size - 1 - i}>")
+        run = []
+      else:
+        run.append(i)
+    out.append(self._sp.decode(run))
+    return "".join(out)
+
+
+def get_spm_vocabulary(spm_path: str | None = None, *, extra_ids: int = T5_EXTRA_IDS,
+                       vocab_size: int = 32000, cache_dir: str | None = None) -> SpmVocabulary:
+  """get_vocabulary's SentencePiece vocabulary without seqio or TensorFlow."""
+  if spm_path == BYTE_VOCABULARY:
+    raise UsageError("DataConfig.pipeline='grain' reads SentencePiece vocabularies; ByT5's "
+                     "byte vocabulary needs DataConfig.pipeline='seqio'.")
+  return SpmVocabulary(_spm_path(spm_path, vocab_size, cache_dir), extra_ids)
