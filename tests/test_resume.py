@@ -171,5 +171,7 @@ def test_early_stopping_keeps_and_records_the_best(tmp_path, capsys):
   assert "Early stopping at step 4: 2 evals without a better eval/score than 2 (step 2)" \
       in capsys.readouterr().out
   assert json.load(open(tmp_path / "best.json")) == {
-      "step": 2, "metric": "eval/score", "value": 2.0, "mode": "max"}
+      "step": 2, "metric": "eval/score", "value": 2.0, "mode": "max",
+      "ranked": [{"step": 2, "value": 2.0}, {"step": 3, "value": 1.5},
+                 {"step": 1, "value": 1.0}, {"step": 4, "value": 1.0}]}
   assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [2, 4]

@@ -8,7 +8,7 @@ import seqio
 
 from t5jax import data
 from t5jax.config import get_config
-from t5jax.data import objectives, tasks
+from t5jax.data import corpus, objectives, tasks
 from t5jax.data import vocab as vocab_lib
 from t5jax.errors import UsageError
 
@@ -57,7 +57,7 @@ def test_span_corruption_sentinels_are_the_top_ids(byte_vocab):
 
 
 def test_tokenized_corpus_matches_the_vocabulary(corpus_file, byte_vocab):
-  flat, splits = tasks._tokenized_corpus(
+  flat, splits = corpus.tokenized_corpus(
       (corpus_file,), vocab_lib.BYTE_VOCABULARY, "line", "raise", "k")
   docs = [line.rstrip("\n") for line in open(corpus_file, encoding="utf-8")]
   assert len(splits) - 1 == len(docs)
