@@ -159,9 +159,15 @@ class _DataState(ocp.CheckpointHandler):
 
   def restore(self, directory, args):
     path = directory / _process_dir()
-    if not path.exists():  # saved by another number of processes
+    if path.exists():
+      return args.source.restore_state(os.fspath(path)) is not False
+    # Saved by another number of processes: a source whose position is global (the
+    # grain pipeline's) continues from every process's files; any other replays.
+    restore_from = getattr(args.source, "restore_state_from", None)
+    saved = sorted(p for p in directory.iterdir() if p.name.startswith("process_"))
+    if restore_from is None or not saved:
       return False
-    return args.source.restore_state(os.fspath(path)) is not False
+    return restore_from([os.fspath(p) for p in saved]) is not False
 
 
 def _process_dir() -> str:

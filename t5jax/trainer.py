@@ -209,9 +209,17 @@ class _Prefetcher:
 
   def save_state(self, directory: str) -> bool:
     with self._lock:  # the reader thread is between batches
-      if self._data.save_state(os.path.join(directory, "pipeline")) is False:
-        return False  # this source cannot save its position now
       pending = [*self._pulled, *self._restored]
+      rewound = getattr(self._data, "save_state_rewound", None)
+      if rewound is not None and not self._restored:
+        # The source saves where the checkpointed step left it (a global position,
+        # t5jax.data.grain_pipeline): nothing process-local to keep, so it restores on
+        # any number of processes.
+        if rewound(os.path.join(directory, "pipeline"), len(pending)) is False:
+          return False
+        pending = []
+      elif self._data.save_state(os.path.join(directory, "pipeline")) is False:
+        return False  # this source cannot save its position now
       np.savez(os.path.join(directory, "pending.npz"), count=len(pending),
                **{f"{i}/{k}": v for i, batch in enumerate(pending) for k, v in batch.items()})
       return True
@@ -232,6 +240,18 @@ class _Prefetcher:
           pending[int(i)][key] = z[name]
     self._restored = collections.deque(pending)
     return True
+
+  def restore_state_from(self, directories: list[str]) -> bool:
+    """Continues from positions saved by another number of processes, when the source
+    can (its position is global and nothing was pending: see save_state)."""
+    restore = getattr(self._data, "restore_state_from", None)
+    if restore is None or self._thread is not None:
+      return False
+    for d in directories:
+      with np.load(os.path.join(d, "pending.npz")) as z:
+        if int(z["count"]):
+          return False  # process-local batches were pending: only that layout resumes
+    return restore([os.path.join(d, "pipeline") for d in directories]) is not False
 
   def close(self):
     if self._thread is not None:

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+import zlib
 
 parser = argparse.ArgumentParser()
 parser.add_argument("run_dir")
@@ -28,6 +29,9 @@ parser.add_argument("--process_id", type=int, default=0)
 parser.add_argument("--coordinator", default=None)
 parser.add_argument("--saved_position", action="store_true",
                     help="a data source that saves its position and refuses to replay")
+parser.add_argument("--grain", action="store_true",
+                    help="the grain pipeline over a synthetic tokenised corpus; each process "
+                         "logs a digest of every row it trains on to RUN_DIR/rows.<p>.txt")
 args = parser.parse_args()
 
 os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.devices} "
@@ -93,8 +97,33 @@ class SavedPosition:
       self.next, self.must_restore = int(f.read()), False
 
 
+def grain_data(start_step):
+  """GrainBatches over random 'documents' of ids 3..99 (sentinels from 127 down), rows of
+  16/4 tokens, logging (step, row digests) of what this process reads."""
+  from t5jax.data import grain_pipeline as gp
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(5, 60, 400)
+  flat = rng.integers(3, 100, lengths.sum()).astype(np.int32)
+  splits = np.concatenate([[0], np.cumsum(lengths)])
+  stream = gp.CorpusStream(flat, splits, np.arange(400),
+                           gp.StreamSpec(inputs_length=16, targets_length=4), 128, 20)
+
+  class Logged(gp.GrainBatches):
+    def __next__(self):
+      batch = super().__next__()
+      time.sleep(args.step_delay)
+      rows = [zlib.crc32(r.tobytes()) for r in batch["encoder_input_tokens"]]
+      with open(os.path.join(args.run_dir, f"rows.{jax.process_index()}.txt"), "a") as f:
+        f.write(f"{self.step} {' '.join(map(str, rows))}\n")
+      return batch
+
+  return Logged(stream, args.batch_size, start_step=start_step,
+                process_index=jax.process_index(), process_count=jax.process_count())
+
+
 model_config = get_config("tiny", vocab_size=128, dropout_rate=0.1)
-result = trainer.train(model_config, config, SavedPosition if args.saved_position else slow_data)
+source = grain_data if args.grain else SavedPosition if args.saved_position else slow_data
+result = trainer.train(model_config, config, source)
 print(f"STOPPED {result.stopped} at step {result.step}", flush=True)
 if result.stopped == "done" and jax.process_index() == 0:
   from jax.experimental import multihost_utils

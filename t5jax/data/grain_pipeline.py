@@ -29,6 +29,7 @@ function, read ahead by grain's threads.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import glob
@@ -170,6 +171,8 @@ class GrainBatches:
     self.read_threads = read_threads
     self.step = 0
     self._positions = {s: (0, 0) for s in self.shards}
+    # (step, positions) before each recent batch: what save_state_rewound writes.
+    self._history = collections.deque(maxlen=64)
     self._readers = None
     self._skip = start_step
 
@@ -185,6 +188,7 @@ class GrainBatches:
       self._skip = 0
 
   def _next(self) -> dict:
+    self._history.append((self.step, self.positions()))
     rows = [r for s in self.shards for r in self._readers[s].take(self.rows_per_shard)]
     self.step += 1
     return {key: np.stack([r[key] for r in rows]).astype(np.int32) for key in rows[0]}
@@ -201,10 +205,22 @@ class GrainBatches:
 
   def save_state(self, directory: str) -> bool:
     """Writes this process's shard positions (one small JSON file per process)."""
+    return self.save_state_rewound(directory, 0)
+
+  def save_state_rewound(self, directory: str, batches: int) -> bool:
+    """save_state as it was `batches` batches ago: the trainer's prefetcher reads ahead,
+    and saves the position of the step it checkpoints, so no process-local batch has to
+    be kept and the position restores on any process count."""
+    step, positions = self.step + self._skip, self.positions()
+    if batches:
+      past = {s: p for s, p in self._history}
+      if self.step - batches not in past:
+        return False  # further back than the history: the caller replays instead
+      step, positions = self.step - batches, past[self.step - batches]
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, STATE_FILE.format(process=self.process_index))
-    state = {"step": self.step + self._skip, "num_shards": self.stream.num_shards,
-             "positions": {str(s): list(p) for s, p in self.positions().items()}}
+    state = {"step": step, "num_shards": self.stream.num_shards,
+             "positions": {str(s): list(p) for s, p in positions.items()}}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(state, f)
@@ -214,7 +230,14 @@ class GrainBatches:
   def restore_state(self, directory: str) -> bool:
     """Continues from positions written by save_state on any number of processes (the
     files of every process are read); False if none were written there."""
-    files = glob.glob(os.path.join(directory, STATE_FILE.format(process="*")))
+    return self.restore_state_from([directory])
+
+  def restore_state_from(self, directories: list[str]) -> bool:
+    """restore_state over the files of several directories (each process's own, as a
+    checkpoint written by another number of processes holds them)."""
+    directory = ", ".join(directories)
+    files = [f for d in directories
+             for f in glob.glob(os.path.join(d, STATE_FILE.format(process="*")))]
     if not files:
       return False
     positions, steps = {}, set()

@@ -8,7 +8,7 @@ import seqio
 
 from t5jax import data
 from t5jax.config import get_config
-from t5jax.data import corpus, objectives, tasks
+from t5jax.data import corpus, objectives
 from t5jax.data import vocab as vocab_lib
 from t5jax.errors import UsageError
 

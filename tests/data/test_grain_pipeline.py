@@ -187,3 +187,18 @@ def test_t5jax_train_runs_and_resumes_without_tensorflow(corpus_file, vocab_dir,
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_a_rewound_save_is_the_position_of_an_earlier_step(tokens, vocabulary, tmp_path):
+  """What the trainer's prefetcher saves: the position `n` batches back (the step being
+  checkpointed while it reads ahead), equal to saving at that step."""
+  stream = _stream(tokens, vocabulary)
+  at_3 = gp.GrainBatches(stream, 8)
+  _take(at_3, 3)
+  at_3.save_state(str(tmp_path / "at_3"))
+  ahead = gp.GrainBatches(stream, 8)
+  _take(ahead, 5)
+  assert ahead.save_state_rewound(str(tmp_path / "rewound"), 2)
+  read = lambda d: open(tmp_path / d / "grain_state_0.json").read()  # noqa: E731
+  assert read("at_3") == read("rewound")
+  assert not ahead.save_state_rewound(str(tmp_path / "too_far"), 100)  # past the history
