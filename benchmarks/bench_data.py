@@ -1,6 +1,8 @@
-"""Packed 512/114 span-corruption examples per second on the default corpus.
+"""Packed 512/114 span-corruption examples per second on the default corpus, through
+both input pipelines in one run: seqio (tf.data) and grain (no TensorFlow).
 
 Run: .venv/bin/python benchmarks/bench_data.py [--batch 64] [--steps 100]
+     [--pipelines seqio,grain] [--grain_threads 0]
 The first run builds the default corpus and trains its 32k vocabulary
 (about a minute, cached in ~/.cache/t5jax); the timed part excludes that.
 
@@ -29,10 +31,54 @@ def main():
   parser.add_argument("--resume", action="store_true", help="time resumes instead")
   parser.add_argument("--resume_batch", type=int, default=8)
   parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--pipelines", default="seqio,grain")
+  parser.add_argument("--grain_threads", type=int, default=0,
+                      help="grain's read-ahead threads (0: synchronous, the default)")
   args = parser.parse_args()
   if args.resume:
     return resume_times(args.resume_batch, args.reps)
+  for pipeline in args.pipelines.split(","):
+    print(f"== {pipeline}")
+    (seqio_rate if pipeline == "seqio" else grain_rate)(args)
 
+
+def _report(batch, rows, examples, t0, t1, t2, c1, c2):
+  print(f"setup+warmup {t1 - t0:.1f}s; {rows} packed rows in {t2 - t1:.2f}s")
+  print(f"packed 512/114 span corruption: {rows / (t2 - t1):,.0f} rows/s, "
+        f"{examples / (t2 - t1):,.0f} examples/s on {os.cpu_count()} cores")
+  # Wall-clock numbers drop when other processes share the cores; CPU time
+  # per example (all threads of this process) does not.
+  cores = os.cpu_count()
+  print(f"CPU time {1e6 * (c2 - c1) / examples:,.0f} us/example -> "
+        f"{examples * cores / (c2 - c1):,.0f} examples/s if {cores} idle cores "
+        "were fully used")
+
+
+def grain_rate(args):
+  """The grain pipeline over the same corpus and vocabulary (its train split)."""
+  from t5jax.data import corpus, grain_pipeline, vocab
+  t0 = time.perf_counter()
+  vocabulary = vocab.get_spm_vocabulary(None, vocab_size=32000)
+  files = tuple(corpus.list_corpus_files(corpus.default_corpus()))
+  key = corpus.fingerprint_files(files, "line", vocabulary.sentencepiece_model_file)
+  flat, splits = corpus.tokenized_corpus(files, vocabulary.sentencepiece_model_file,
+                                         "line", "raise", key)
+  stream = grain_pipeline.CorpusStream(
+      flat, splits, corpus.split_indices(len(splits) - 1, "train", files),
+      grain_pipeline.StreamSpec(), vocabulary.vocab_size, vocabulary.extra_ids)
+  it = grain_pipeline.GrainBatches(stream, args.batch, read_threads=args.grain_threads)
+  for _ in range(args.warmup):
+    next(it)
+  t1, c1 = time.perf_counter(), time.process_time()
+  for _ in range(args.steps):
+    batch = next(it)
+  t2, c2 = time.perf_counter(), time.process_time()
+  rows = args.batch * args.steps
+  examples = rows * int(batch["encoder_segment_ids"].max(axis=1).mean())
+  _report(batch, rows, examples, t0, t1, t2, c1, c2)
+
+
+def seqio_rate(args):
   t0 = time.perf_counter()
   data.register_default_corpus_task()
   it = data.make_batch_iterator(
@@ -49,15 +95,7 @@ def main():
   rows = args.batch * args.steps
   # With 512/114 span corruption each packed row holds one example.
   examples = rows * int(batch["encoder_segment_ids"].max(axis=1).mean())
-  print(f"setup+warmup {t1 - t0:.1f}s; {rows} packed rows in {t2 - t1:.2f}s")
-  print(f"packed 512/114 span corruption: {rows / (t2 - t1):,.0f} rows/s, "
-        f"{examples / (t2 - t1):,.0f} examples/s on {os.cpu_count()} cores")
-  # Wall-clock numbers drop when other processes share the cores; CPU time
-  # per example (all threads of this process) does not.
-  cores = os.cpu_count()
-  print(f"CPU time {1e6 * (c2 - c1) / examples:,.0f} us/example -> "
-        f"{examples * cores / (c2 - c1):,.0f} examples/s if {cores} idle cores "
-        "were fully used")
+  _report(batch, rows, examples, t0, t1, t2, c1, c2)
 
 
 def resume_times(batch: int, reps: int = 3, steps=(10, 10_000)) -> None:

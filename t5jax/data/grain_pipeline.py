@@ -24,7 +24,10 @@ few integers, restoring it recomputes one group. Processes save their shards' po
 a restore on another process count reads all of them.
 
 grain runs the per-group work: a MapDataset over group numbers, mapped by the group
-function, read ahead by grain's threads.
+function. By default it reads synchronously (read_threads=0): the work is numpy under the
+GIL, and on 2 cores grain's read-ahead threads made it 3x slower (433 against 138 us a
+512/114 row, measured), while the trainer's prefetch thread already overlaps it with the
+device's steps.
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ class GrainBatches:
   seqio pipeline: the same keys, int32 [batch_size / process_count, length])."""
 
   def __init__(self, stream: CorpusStream, batch_size: int, *, start_step: int = 0,
-               process_index: int = 0, process_count: int = 1, read_threads: int = 2):
+               process_index: int = 0, process_count: int = 1, read_threads: int = 0):
     k = stream.num_shards
     if k % process_count or batch_size % k:
       raise UsageError(

@@ -82,19 +82,26 @@ def _flat(examples: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   return values, splits
 
 
-def pack(examples: Iterable[Mapping[str, np.ndarray]],
-         lengths: Mapping[str, int]) -> Iterator[dict]:
-  """seqio.utils.trim_and_pack_dataset: packed rows (one dict each), in order; groups
-  of max(lengths) examples are packed independently, as seqio does."""
+def _packed_groups(examples: Iterable[Mapping[str, np.ndarray]],
+                   lengths: Mapping[str, int]) -> Iterator[dict]:
+  """Each group of max(lengths) examples packed: dense [rows, length] arrays."""
   group = max(lengths.values())
   batch = []
   for example in examples:
     batch.append({k: np.asarray(example[k])[:lengths[k]] for k in lengths})
     if len(batch) == group:
-      yield from _rows(pack_group(lengths, {k: _flat(batch, k) for k in lengths}))
+      yield pack_group(lengths, {k: _flat(batch, k) for k in lengths})
       batch = []
   if batch:
-    yield from _rows(pack_group(lengths, {k: _flat(batch, k) for k in lengths}))
+    yield pack_group(lengths, {k: _flat(batch, k) for k in lengths})
+
+
+def pack(examples: Iterable[Mapping[str, np.ndarray]],
+         lengths: Mapping[str, int]) -> Iterator[dict]:
+  """seqio.utils.trim_and_pack_dataset: packed rows (one dict each), in order; groups
+  of max(lengths) examples are packed independently, as seqio does."""
+  for packed in _packed_groups(examples, lengths):
+    yield from _rows(packed)
 
 
 def _rows(packed: dict) -> Iterator[dict]:
@@ -140,9 +147,9 @@ def to_rows(examples: Iterable[Mapping[str, np.ndarray]], lengths: Mapping[str, 
             pack_rows: bool = True) -> Iterator[dict]:
   """(inputs, targets) examples, EOS appended -> model feature rows, as seqio's
   EncDecFeatureConverter makes them (lengths: {'inputs': n, 'targets': m})."""
-  if pack_rows:
-    for row in pack(examples, lengths):
-      yield model_features(row)
+  if pack_rows:  # features computed over a whole packing group at once
+    for packed in _packed_groups(examples, lengths):
+      yield from _rows(model_features(packed))
   else:
     for example in examples:
       yield model_features(pad(example, lengths))
