@@ -46,10 +46,14 @@ bench: $(STAMP)
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 
-# pytest and its pure-Python dependencies as wheels, for a GPU machine without them
-# (benchmarks/gpu_check.sh installs from .wheels when pytest is missing).
+# What the GPU image (Python 3.12, no TensorFlow) lacks, as wheels (~5 MB): pytest for
+# benchmarks/gpu_check.sh; gin-config, grain and grain's needs for benchmarks/gpu_pretrain.sh.
 gpu-wheels: $(STAMP)
-	$(BIN)/python -m pip download --quiet --no-deps -d .wheels pytest iniconfig pluggy packaging exceptiongroup tomli
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .wheels \
+	  pytest iniconfig pluggy packaging gin-config==0.5.0 grain==0.2.18 array_record==0.8.6 \
+	  portpicker==1.6.0 cloudpickle==3.1.3
 
 # Every step of the GPU check on this CPU, with small shapes.
 gpu-dry-run: $(STAMP)
