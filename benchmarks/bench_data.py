@@ -42,7 +42,21 @@ def main():
     (seqio_rate if pipeline == "seqio" else grain_rate)(args)
 
 
-def _report(batch, rows, examples, t0, t1, t2, c1, c2):
+def _time(it, args, t0):
+  """Warms `it` up (seqio: tokenising the corpus), then times args.steps batches."""
+  for _ in range(args.warmup):
+    next(it)
+  t1, c1 = time.perf_counter(), time.process_time()
+  for _ in range(args.steps):
+    batch = next(it)
+  t2, c2 = time.perf_counter(), time.process_time()
+  rows = args.batch * args.steps
+  # With 512/114 span corruption each packed row holds one example.
+  examples = rows * int(batch["encoder_segment_ids"].max(axis=1).mean())
+  _report(rows, examples, t0, t1, t2, c1, c2)
+
+
+def _report(rows, examples, t0, t1, t2, c1, c2):
   print(f"setup+warmup {t1 - t0:.1f}s; {rows} packed rows in {t2 - t1:.2f}s")
   print(f"packed 512/114 span corruption: {rows / (t2 - t1):,.0f} rows/s, "
         f"{examples / (t2 - t1):,.0f} examples/s on {os.cpu_count()} cores")
@@ -66,16 +80,8 @@ def grain_rate(args):
   stream = grain_pipeline.CorpusStream(
       flat, splits, corpus.split_indices(len(splits) - 1, "train", files),
       grain_pipeline.StreamSpec(), vocabulary.vocab_size, vocabulary.extra_ids)
-  it = grain_pipeline.GrainBatches(stream, args.batch, read_threads=args.grain_threads)
-  for _ in range(args.warmup):
-    next(it)
-  t1, c1 = time.perf_counter(), time.process_time()
-  for _ in range(args.steps):
-    batch = next(it)
-  t2, c2 = time.perf_counter(), time.process_time()
-  rows = args.batch * args.steps
-  examples = rows * int(batch["encoder_segment_ids"].max(axis=1).mean())
-  _report(batch, rows, examples, t0, t1, t2, c1, c2)
+  _time(grain_pipeline.GrainBatches(stream, args.batch, read_threads=args.grain_threads),
+        args, t0)
 
 
 def seqio_rate(args):
@@ -86,16 +92,7 @@ def seqio_rate(args):
       sequence_length={"inputs": 512, "targets": 114},
       batch_size=args.batch, seed=0, start_step=0,
       process_index=0, process_count=1)
-  for _ in range(args.warmup):  # includes tokenising the corpus
-    next(it)
-  t1, c1 = time.perf_counter(), time.process_time()
-  for _ in range(args.steps):
-    batch = next(it)
-  t2, c2 = time.perf_counter(), time.process_time()
-  rows = args.batch * args.steps
-  # With 512/114 span corruption each packed row holds one example.
-  examples = rows * int(batch["encoder_segment_ids"].max(axis=1).mean())
-  _report(batch, rows, examples, t0, t1, t2, c1, c2)
+  _time(it, args, t0)
 
 
 def resume_times(batch: int, reps: int = 3, steps=(10, 10_000)) -> None:

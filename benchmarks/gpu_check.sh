@@ -30,28 +30,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-out="" dry=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out) out="$2"; shift 2 ;;
-    --out=*) out="${1#--out=}"; shift ;;
-    --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (use --out DIR [--cpu-dry-run])" >&2; exit 2 ;;
-  esac
-done
-if [ -z "$out" ]; then
-  echo "gpu_check.sh: --out DIR is required (where the logs and summary.txt go)" >&2
-  exit 2
-fi
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
+source benchmarks/gpu_args.sh
+gpu_args 2,29 "$@"
 : > "$out/summary.txt"
 
-if [ -n "${PYTHON:-}" ]; then py="$PYTHON"
-elif [ "$dry" = 1 ] && [ -x .venv/bin/python ]; then py=.venv/bin/python
-else py=python3
-fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export USE_TF=0 TF_CPP_MIN_LOG_LEVEL=3 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 # Cold compiles, as on a fresh machine: a warm cache would hide what a first run costs

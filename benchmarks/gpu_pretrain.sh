@@ -15,27 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-out="" dry=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out) out="$2"; shift 2 ;;
-    --out=*) out="${1#--out=}"; shift ;;
-    --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "gpu_pretrain.sh: unknown argument '$1' (use --out DIR [--cpu-dry-run])" >&2; exit 2 ;;
-  esac
-done
-if [ -z "$out" ]; then
-  echo "gpu_pretrain.sh: --out DIR is required (where pretrain.log goes)" >&2
-  exit 2
-fi
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
-if [ -n "${PYTHON:-}" ]; then py="$PYTHON"
-elif [ "$dry" = 1 ] && [ -x .venv/bin/python ]; then py=.venv/bin/python
-else py=python3
-fi
+source benchmarks/gpu_args.sh
+gpu_args 2,15 "$@"
 if ! "$py" -c "import gin, grain" 2> /dev/null; then
   if [ -d .wheels ]; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl \

@@ -6,13 +6,19 @@ import subprocess
 import sys
 
 
-def test_gpu_check_cpu_dry_run_passes(tmp_path):
-  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _dry_run(script, out, timeout):
+  """bash benchmarks/SCRIPT --cpu-dry-run --out OUT with this Python, no test XLA_FLAGS."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHON"] = sys.executable
-  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-dry-run", "--out",
-                         str(tmp_path)], cwd=root, env=env, capture_output=True, text=True,
-                        timeout=900)
+  return subprocess.run(["bash", f"benchmarks/{script}", "--cpu-dry-run", "--out", str(out)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_check_cpu_dry_run_passes(tmp_path):
+  proc = _dry_run("gpu_check.sh", tmp_path, 900)
   summary = (tmp_path / "summary.txt").read_text()
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
   steps = [line.split()[0] for line in summary.splitlines()]
@@ -27,8 +33,7 @@ def test_gpu_check_cpu_dry_run_passes(tmp_path):
 
 
 def test_gpu_check_needs_an_out_dir():
-  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=root, capture_output=True,
+  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True,
                         text=True)
   assert proc.returncode == 2 and "--out DIR is required" in proc.stderr
 
@@ -36,12 +41,7 @@ def test_gpu_check_needs_an_out_dir():
 def test_gpu_pretrain_cpu_dry_run_trains_without_tensorflow(tmp_path):
   """benchmarks/gpu_pretrain.sh (the GPU demo, demo/pretrain_gpu.gin) shrunk to a tiny
   model on CPU: it trains on the grain pipeline, evaluates and prints examples."""
-  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHON"] = sys.executable
-  proc = subprocess.run(["bash", "benchmarks/gpu_pretrain.sh", "--cpu-dry-run", "--out",
-                         str(tmp_path)], cwd=root, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = _dry_run("gpu_pretrain.sh", tmp_path, 600)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
   log = (tmp_path / "pretrain.log").read_text()
   assert "[6/6" in log and "eval/loss=" in log and "--- example 0 ---" in log
