@@ -38,7 +38,6 @@ import functools
 import glob
 import json
 import os
-from typing import Iterator
 
 import numpy as np
 
@@ -261,9 +260,4 @@ class GrainBatches:
     return True
 
 
-def iter_batches(stream: CorpusStream, batch_size: int, **kwargs) -> Iterator[dict]:
-  """GrainBatches as a plain iterator (for eval loops)."""
-  return GrainBatches(stream, batch_size, **kwargs)
-
-
-__all__ = ["StreamSpec", "CorpusStream", "GrainBatches", "iter_batches"]
+__all__ = ["StreamSpec", "CorpusStream", "GrainBatches"]
