@@ -180,7 +180,12 @@ def scale_bindings(args) -> list[str]:
     preset = get_config(args.preset)
     flags.append(f"--gin.model_config.preset='{args.preset}'")
     flags += [f"--gin.model_config.{f}={getattr(preset, f)}" for f in MODEL_FIELDS]
-  return flags + [f"--gin.{b}" for b in args.gin]
+  return flags + pipeline_bindings(args) + [f"--gin.{b}" for b in args.gin]
+
+
+def pipeline_bindings(args) -> list[str]:
+  """The input pipeline of pretraining and of the package task (GLUE stays on seqio)."""
+  return [] if args.pipeline == "seqio" else [f"--gin.DataConfig.pipeline='{args.pipeline}'"]
 
 
 def train_args(name: str, run_dir: str, args) -> list[str]:
@@ -292,6 +297,7 @@ def package_downstream(init_dir: str | None, ft_dir: str, seed: int, task: dict,
   if args.finetune_batch:
     steps.append(f"--gin.TrainConfig.batch_size={args.finetune_batch}")
   start = time.perf_counter()
+  pairs += pipeline_bindings(args)
   argv = ["train", "--gin_search_paths=" + HERE, "--gin_file=finetune/docstring_package.gin",
           f"--run_dir={ft_dir}", *init, *pairs, *model, *steps,
           f"--gin.TrainConfig.seed={seed}", f"--gin.DataConfig.seed={seed}",
@@ -623,6 +629,9 @@ def parse_args(argv=None):
                  help="validation examples to score (default: all)")
   p.add_argument("--render_only", action="store_true",
                  help="rewrite results.md/png from --out/results.json (e.g. after editing notes.md)")
+  p.add_argument("--pipeline", choices=("seqio", "grain"), default="seqio",
+                 help="input pipeline of pretraining and the package task: 'grain' needs no "
+                      "TensorFlow (DataConfig.pipeline; GLUE scores stay on seqio)")
   p.add_argument("--smoke", action="store_true",
                  help="tiny and fast: 2 steps, batch 8, 1 eval batch, the tiny preset")
   args = p.parse_args(argv)

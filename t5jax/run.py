@@ -12,6 +12,7 @@ command line starts fast and the core stays TF-free.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -159,10 +160,7 @@ def prepare_task(data: DataConfig):
     data_lib.register_local_corpus_task(LOCAL_CORPUS_TASK, list(data.corpus), vocabulary,
                                         doc_per=data.doc_per, **objective)
   elif data.task == LOCAL_PAIRS_TASK:
-    if not data.pairs_train:
-      raise UsageError("DataConfig.task='local_pairs' needs DataConfig.pairs_train: a .tsv "
-                       "(input<TAB>target) or .jsonl file, e.g. "
-                       "--gin.DataConfig.pairs_train=\"'train.tsv'\".")
+    _check_pairs_train(data)
     # Reads and checks the files now, so bad rows are reported before training.
     data_lib.register_pairs_task(LOCAL_PAIRS_TASK, vocabulary, data.pairs_train,
                                  data.pairs_validation, prefix=data.pairs_prefix,
@@ -173,7 +171,7 @@ def prepare_task(data: DataConfig):
   return vocabulary, data.task
 
 
-GRAIN_TASKS = (DEFAULT_TASK, LOCAL_CORPUS_TASK)
+GRAIN_TASKS = (DEFAULT_TASK, LOCAL_CORPUS_TASK, LOCAL_PAIRS_TASK)
 
 
 def _prepare_grain_task(data: DataConfig):
@@ -181,11 +179,16 @@ def _prepare_grain_task(data: DataConfig):
   corpus's files, with no TensorFlow or seqio imported."""
   from t5jax.data import vocab as vocab_lib
   if data.task not in GRAIN_TASKS:
-    raise UsageError(f"DataConfig.pipeline='grain' reads {' and '.join(GRAIN_TASKS)}; task "
+    raise UsageError(f"DataConfig.pipeline='grain' reads {', '.join(GRAIN_TASKS)}; task "
                      f"{data.task!r} needs DataConfig.pipeline='seqio'.")
   if data.task == LOCAL_CORPUS_TASK and not data.corpus:
     raise UsageError("DataConfig.task='local_corpus' needs DataConfig.corpus: text files or "
                      "folders, e.g. --gin.DataConfig.corpus=\"('my_corpus/',)\".")
+  if data.task == LOCAL_PAIRS_TASK:
+    from t5jax.data import pairs as pairs_lib
+    _check_pairs_train(data)
+    pairs_lib.check_metric(data.pairs_metric)
+    _pair_splits(data)  # reads and checks the files now, before training
   if data.vocabulary not in (None,) and not os.path.isfile(data.vocabulary):
     raise UsageError(f"DataConfig.vocabulary={data.vocabulary!r} does not exist: pass a "
                      "SentencePiece .model file, or None to train one on the default corpus.")
@@ -194,21 +197,56 @@ def _prepare_grain_task(data: DataConfig):
   return vocabulary, data.task
 
 
+def _check_pairs_train(data: DataConfig) -> None:
+  if not data.pairs_train:
+    raise UsageError("DataConfig.task='local_pairs' needs DataConfig.pairs_train: a .tsv "
+                     "(input<TAB>target) or .jsonl file, e.g. "
+                     "--gin.DataConfig.pairs_train=\"'train.tsv'\".")
+
+
+def _pair_splits(data: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
+  """{split: (inputs, targets)} of the local_pairs files, read once per file version."""
+  files = [f for f in (data.pairs_train, data.pairs_validation) if f]
+  stamp = tuple((f, os.path.getmtime(f), os.path.getsize(f)) if os.path.isfile(f) else (f,)
+                for f in files)
+  return _read_pair_splits(stamp, data.pairs_train, data.pairs_validation, data.pairs_prefix,
+                           tuple(data.pairs_keys))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pair_splits(stamp, train, validation, prefix, keys):
+  from t5jax.data import pairs as pairs_lib
+  return pairs_lib.pair_splits(train, validation, prefix=prefix, keys=keys)
+
+
+def _pair_split(data: DataConfig, split: str) -> tuple[list[str], list[str]]:
+  splits = _pair_splits(data)
+  if split not in splits:
+    raise UsageError(f"task 'local_pairs' has the splits {', '.join(map(repr, splits))}, not "
+                     f"{split!r} (DataConfig.eval_split).")
+  return splits[split]
+
+
 def _grain_stream(data: DataConfig, task: str, split: str, vocabulary, train: bool,
                   pack: bool):
-  """The grain pipeline's CorpusStream of one split (the corpus tokenised once)."""
+  """The grain pipeline's stream of one split (the corpus or pairs tokenised once)."""
   from t5jax.data import corpus as corpus_lib, grain_pipeline
+  spec = grain_pipeline.StreamSpec(
+      inputs_length=data.inputs_length, targets_length=data.targets_length,
+      objective=data.objective, noise_density=data.noise_density,
+      mean_noise_span_length=data.mean_noise_span_length, pack=pack, seed=data.seed,
+      shuffle=train)
+  if task == LOCAL_PAIRS_TASK:
+    inputs, targets = _pair_split(data, split)
+    return grain_pipeline.PairsStream(grain_pipeline.tokenize_texts(vocabulary, inputs),
+                                      grain_pipeline.tokenize_texts(vocabulary, targets),
+                                      spec, num_shards=data.grain_shards)
   paths = (corpus_lib.default_corpus(data.cache_dir) if task == DEFAULT_TASK
            else list(data.corpus))
   files = tuple(corpus_lib.list_corpus_files(paths))
   key = corpus_lib.fingerprint_files(files, data.doc_per, vocabulary.sentencepiece_model_file)
   flat, splits = corpus_lib.tokenized_corpus(files, vocabulary.sentencepiece_model_file,
                                              data.doc_per, "raise", key)
-  spec = grain_pipeline.StreamSpec(
-      inputs_length=data.inputs_length, targets_length=data.targets_length,
-      objective=data.objective, noise_density=data.noise_density,
-      mean_noise_span_length=data.mean_noise_span_length, pack=pack, seed=data.seed,
-      shuffle=train)
   return grain_pipeline.CorpusStream(flat, splits,
                                      corpus_lib.split_indices(len(splits) - 1, split, files),
                                      spec, vocabulary.vocab_size, vocabulary.extra_ids,
@@ -316,9 +354,10 @@ def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_s
     from t5jax.data import grain_pipeline
     vocabulary = vocabulary or _prepare_grain_task(data)[0]
     stream = _grain_stream(data, task, split, vocabulary, train, pack)
-    # Eval batches need not divide into the virtual shards: one shard reads them.
-    if not train and batch_size % stream.num_shards:
-      stream.num_shards = 1
+    # Eval batches need not divide into the virtual shards, and read in order: one shard
+    # per process.
+    if not train:
+      stream.num_shards = jax.process_count()
     return grain_pipeline.GrainBatches(stream, batch_size, start_step=start_step,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
@@ -410,9 +449,9 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
       print("Decoding evals during training run on one process only; use `t5jax eval`.")
     else:
       # Decoding needs per-layer params (a no-op unless model.scan_layers).
-      eval_hook = lambda step, params: seqio_metrics(
+      eval_hook = lambda step, params: decoded_metrics(
           *unscan_params(model, params), data, task, trainer.batch_size,
-          DecodeConfig(max_decode_length=data.targets_length), data.eval_examples)
+          DecodeConfig(max_decode_length=data.targets_length), data.eval_examples, vocabulary)
 
   # 4. Train; the config is written first so a crashed run still records it.
   write_config(trainer.run_dir)
@@ -522,8 +561,9 @@ def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DEFAULT_DATA,
   vocabulary, task = prepare_task(data)
   config, params, loaded_step = _load_params_step(checkpoint, None, step)
   check_vocabulary(config, vocabulary)
-  if _has_metrics(task):
-    metrics = seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples)
+  if _has_metrics(task, data):
+    metrics = decoded_metrics(config, params, data, task, batch_size, decode_config,
+                              max_examples, vocabulary)
     if not metrics:
       raise UsageError(f"Nothing in {task!r} can be scored on split {data.eval_split!r} (see "
                        "the lines above); set DataConfig.eval_split to a labelled split.")
@@ -542,11 +582,55 @@ def evaluate(checkpoint: str = gin.REQUIRED, data: DataConfig = DEFAULT_DATA,
 
 
 def _has_metrics(task: str, data: DataConfig | None = None) -> bool:
-  if data is not None and data.pipeline == "grain":
-    return False  # pretraining corpora: teacher-forced loss only
+  if data is not None and data.pipeline == "grain":  # corpora: teacher-forced loss only
+    return task == LOCAL_PAIRS_TASK and data.pairs_metric != "none"
   import seqio
   provider = seqio.get_mixture_or_task(task)
   return any(t.metric_fns for t in getattr(provider, "tasks", [provider]))
+
+
+def decoded_metrics(config, params, data, task, batch_size, decode_config, max_examples,
+                    vocabulary) -> dict:
+  """The task's metrics of decoded predictions: seqio's evaluator, or on the grain pipeline
+  (task 'local_pairs') pairs_metrics."""
+  if data.pipeline == "grain":
+    return pairs_metrics(config, params, data, batch_size, decode_config, max_examples,
+                         vocabulary)
+  return seqio_metrics(config, params, data, task, batch_size, decode_config, max_examples)
+
+
+def pairs_metrics(config, params, data, batch_size, decode_config, max_examples,
+                  vocabulary) -> dict:
+  """eval/local_pairs/<metric> without seqio: what seqio's Evaluator computes for the pairs
+  task. The first `max_examples` pairs of data.eval_split in file order, each input
+  trimmed to inputs_length with EOS, decoded greedily (or by decode_config) in batches of
+  `batch_size` (the last one padded, so one compile serves all), the prediction's text
+  up to its EOS scored against the target text by the DataConfig.pairs_metric functions."""
+  from t5jax.data import pairs as pairs_lib, rows as rows_lib
+  from t5jax.decoding import decode, prepare_params
+  inputs, targets = _pair_split(data, data.eval_split)
+  if max_examples:
+    inputs, targets = inputs[:max_examples], targets[:max_examples]
+  from t5jax.data.grain_pipeline import tokenize_texts
+  encoded = [rows_lib.append_eos_after_trim(ids, data.inputs_length)
+             for ids in tokenize_texts(vocabulary, inputs)]
+  params = prepare_params(params, config)  # once for all batches
+  predictions = []
+  for start in range(0, len(encoded), batch_size):
+    chunk = encoded[start:start + batch_size]
+    rows = np.zeros((batch_size, data.inputs_length), np.int32)
+    for i, ids in enumerate(chunk):
+      rows[i, :len(ids)] = ids
+    tokens = np.asarray(decode(params, config, rows, decode_config).tokens[:, 0])
+    predictions += [vocabulary.decode([int(t) for t in row]) for row in tokens[:len(chunk)]]
+  metrics = {}
+  for metric_fn in pairs_lib.PAIRS_METRICS[data.pairs_metric]:
+    metrics.update(metric_fn(targets, predictions))
+  out = {f"eval/{LOCAL_PAIRS_TASK}/{name}": float(value) for name, value in metrics.items()}
+  if len(metrics) > 1:  # as seqio_metrics: their mean (a non-finite one counts 0)
+    out[f"eval/{LOCAL_PAIRS_TASK}/average"] = float(np.mean(
+        [v if np.isfinite(v) else 0.0 for v in map(float, metrics.values())]))
+  return out
 
 
 def teacher_forced_metrics(config, params, data, task, batch_size) -> dict:

@@ -210,3 +210,23 @@ def test_planned_runs_seed_the_baseline_floor_and_seeded_configs():
   # Each seed gets its own run directory and binds the init and data-order seeds.
   args = run_ablations.parse_args(["--configs", "span_2"])
   assert run_ablations.run_dir_of("span_2", 0, args) != run_ablations.run_dir_of("span_2", 1, args)
+
+
+def test_grain_pipeline_runs_pretraining_and_the_package_task(tmp_path, monkeypatch):
+  """--pipeline grain: pretraining (a non-default objective) and the package task's
+  finetuning and scoring read through the TensorFlow-free pipeline."""
+  task = _tiny_package_task(tmp_path / "task")
+  monkeypatch.setattr(run_ablations, "package_task", lambda args: task)
+  calls = []
+  from t5jax import cli
+  real_main = cli.main
+  monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or real_main(argv))
+  out = tmp_path / "out"
+  assert run_ablations.main(["--configs", "objective_deshuffling", "--seeds", "1", "--smoke",
+                             "--steps", "1", "--no_floor", "--pipeline", "grain",
+                             "--out", str(out), "--run_root", str(tmp_path / "runs")]) == 0
+  assert [argv[0] for argv in calls] == ["train", "train", "eval"]
+  assert all("--gin.DataConfig.pipeline='grain'" in argv for argv in calls)
+  with open(out / "results.json") as f:
+    row, = json.load(f)["rows"]
+  assert 0 <= row["package"]["accuracy"] <= 1 and row["eval_loss"] > 0

@@ -2,6 +2,7 @@
 grain and numpy, resumable in O(1) on any number of processes.
 
     stream = CorpusStream(flat, splits, doc_ids, spec)          # what the batches hold
+    # (or PairsStream(input_ids, target_ids, spec): task 'local_pairs')
     batches = GrainBatches(stream, batch_size=32, process_index=0, process_count=1)
     batch = next(batches)               # int32 numpy arrays, the seqio pipeline's features
     batches.save_state(directory)       # with each checkpoint (t5jax.checkpoints)
@@ -68,7 +69,42 @@ class _Vocab:
     self.vocab_size, self.extra_ids = vocab_size, extra_ids
 
 
-class CorpusStream:
+class _Stream:
+  """Items (documents, pairs) in an endless stream of epoch-wise permutations, read in
+  groups of 128 by virtual shard: what GrainBatches needs is group_rows(shard, group)."""
+
+  def __init__(self, item_ids: np.ndarray, spec: StreamSpec, num_shards: int, what: str):
+    if len(item_ids) == 0:
+      raise UsageError(f"the {what} split is empty")
+    self.item_ids = np.asarray(item_ids, np.int64)
+    self.spec, self.num_shards = spec, num_shards
+    self.lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
+
+  @functools.lru_cache(maxsize=4)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if not self.spec.shuffle:
+      return self.item_ids
+    rng = np.random.default_rng([self.spec.seed, 0x5EED, epoch])
+    return self.item_ids[rng.permutation(len(self.item_ids))]
+
+  def item(self, position: int) -> int:
+    """The item id at `position` of the endless epoch-wise stream."""
+    epoch, i = divmod(position, len(self.item_ids))
+    return int(self._permutation(epoch)[i])
+
+  def group_items(self, shard: int, group: int) -> list[int]:
+    """Group `group` of shard `shard`: stream positions (group * 128 + j) * K + shard."""
+    first, k = group * noise.CONCAT_BATCH, self.num_shards
+    return [self.item((first + j) * k + shard) for j in range(noise.CONCAT_BATCH)]
+
+  def _rows(self, examples: list[dict]) -> list[dict]:
+    """EOS after trim, then packed (or padded) model rows."""
+    return list(rows_lib.to_rows(
+        [{key: rows_lib.append_eos_after_trim(ex[key], self.lengths[key]) for key in ex}
+         for ex in examples], self.lengths, self.spec.pack))
+
+
+class CorpusStream(_Stream):
   """Rows of model features from tokenised documents, by (shard, group).
 
   flat, splits: the corpus's tokens and row splits (corpus.tokenized_corpus); doc_ids:
@@ -79,13 +115,10 @@ class CorpusStream:
   def __init__(self, flat: np.ndarray, splits: np.ndarray, doc_ids: np.ndarray,
                spec: StreamSpec, vocab_size: int, extra_ids: int = 100,
                num_shards: int = 8):
-    if len(doc_ids) == 0:
-      raise UsageError("the corpus split has no documents")
+    super().__init__(doc_ids, spec, num_shards, "corpus")
     self.flat, self.splits = flat, splits
-    self.doc_ids = np.asarray(doc_ids, np.int64)
-    self.spec, self.num_shards = spec, num_shards
+    self.doc_ids = self.item_ids
     self.vocab_size = vocab_size
-    self.lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
     vocab = _Vocab(vocab_size, extra_ids)
     if spec.objective == "ul2":
       self.make_pair = noise.make_pair_fn("ul2", vocab, sequence_length=self.lengths)
@@ -98,34 +131,50 @@ class CorpusStream:
           spec.inputs_length, spec.noise_density, spec.mean_noise_span_length)[0]
           if spec.objective == "span_corruption" else spec.inputs_length - 1)
 
-  @functools.lru_cache(maxsize=4)
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if not self.spec.shuffle:
-      return self.doc_ids
-    rng = np.random.default_rng([self.spec.seed, 0x5EED, epoch])
-    return self.doc_ids[rng.permutation(len(self.doc_ids))]
-
   def document(self, position: int) -> np.ndarray:
     """Token ids of the document at `position` of the endless epoch-wise stream."""
-    epoch, i = divmod(position, len(self.doc_ids))
-    doc = self._permutation(epoch)[i]
+    doc = self.item(position)
     return self.flat[self.splits[doc]:self.splits[doc + 1]]
 
   def group_rows(self, shard: int, group: int) -> list[dict]:
     """The model rows of group `group` of shard `shard` (a pure function of both and the
     seed): its 128 documents chunked, concatenated, split, denoised, EOS appended,
     packed (or padded)."""
-    k = self.num_shards
-    first = group * noise.CONCAT_BATCH
-    docs = [self.document((first + j) * k + shard) for j in range(noise.CONCAT_BATCH)]
+    docs = [self.flat[self.splits[d]:self.splits[d + 1]]
+            for d in self.group_items(shard, group)]
     rng = np.random.default_rng([self.spec.seed, shard, group])
     examples = []
     for segment in noise.segments(docs, self.raw_length, rng):
       inputs, targets = self.make_pair(segment, rng, self.vocab_size)
-      examples.append({
-          "inputs": rows_lib.append_eos_after_trim(inputs, self.spec.inputs_length),
-          "targets": rows_lib.append_eos_after_trim(targets, self.spec.targets_length)})
-    return list(rows_lib.to_rows(examples, self.lengths, self.spec.pack))
+      examples.append({"inputs": inputs, "targets": targets})
+    return self._rows(examples)
+
+
+class PairsStream(_Stream):
+  """Rows of model features from tokenised (input, target) pairs (task 'local_pairs', the
+  ablations' downstream task), by (shard, group): a group's 128 pairs, each trimmed to its
+  length with EOS, packed (or padded) as seqio's pairs task and feature converter do.
+
+  inputs, targets: the pairs' token ids (no EOS), one array per pair.
+  """
+
+  def __init__(self, inputs: list[np.ndarray], targets: list[np.ndarray], spec: StreamSpec,
+               num_shards: int = 8):
+    if len(inputs) != len(targets):
+      raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    super().__init__(np.arange(len(inputs)), spec, num_shards, "pairs")
+    self.inputs, self.targets = inputs, targets
+
+  def group_rows(self, shard: int, group: int) -> list[dict]:
+    return self._rows([{"inputs": self.inputs[i], "targets": self.targets[i]}
+                       for i in self.group_items(shard, group)])
+
+
+def tokenize_texts(vocabulary, texts: list[str]) -> list[np.ndarray]:
+  """Token ids of each text (no EOS), batched through SentencePiece where it can."""
+  encode = getattr(vocabulary, "encode_batch", None)
+  ids = encode(texts) if encode else [vocabulary.encode(t) for t in texts]
+  return [np.asarray(i, np.int32) for i in ids]
 
 
 class _ShardReader:
@@ -260,4 +309,4 @@ class GrainBatches:
     return True
 
 
-__all__ = ["StreamSpec", "CorpusStream", "GrainBatches"]
+__all__ = ["StreamSpec", "CorpusStream", "PairsStream", "GrainBatches", "tokenize_texts"]

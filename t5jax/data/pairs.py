@@ -9,21 +9,24 @@ byte that is not UTF-8, a JSONL line that is not an object with both keys,
 or a file with no pairs is a PairsError naming the file and line, before any
 training starts (not a TF error from inside tf.data later).
 
+Reading and splitting (`pair_splits`) is plain Python, shared by the seqio task here and
+the TensorFlow-free pipeline (t5jax.data.grain_pipeline.PairsStream); seqio and
+TensorFlow are imported only by the seqio task's functions.
+
 The input is `prefix` + " " + the input when a prefix is given (T5's task
 prefixes: "summarize:", "translate English to Korean:"). Without a
 validation file every 100th pair is held out as "validation" (so the file
 needs 100 pairs). The task is scored by a metric named in PAIRS_METRICS.
 """
 
+from __future__ import annotations
+
 import json
 import os
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from t5jax.data import metrics
-from t5jax.data import tasks as tasks_lib
 from t5jax.errors import UsageError
 
 VALIDATION_EVERY = 100
@@ -101,14 +104,12 @@ def read_pairs(path: str, keys: tuple[str, str] = ("inputs", "targets")
   return pairs
 
 
-def pairs_source(train: str, validation: str | None = None, *,
-                 prefix: str = "", keys: tuple[str, str] = ("inputs", "targets")
-                 ) -> seqio.DataSource:
-  """A source of {"inputs", "targets"} text; splits train and validation.
-
-  The files are read now (errors before training); without `validation`
-  every VALIDATION_EVERY-th training pair is held out instead.
-  """
+def pair_splits(train: str, validation: str | None = None, *, prefix: str = "",
+                keys: tuple[str, str] = ("inputs", "targets")
+                ) -> dict[str, tuple[list[str], list[str]]]:
+  """{"train": (inputs, targets), "validation": (inputs, targets)} as the model reads them
+  (the prefix before each input); without `validation` every VALIDATION_EVERY-th training
+  pair is held out instead. The files are read and checked now."""
   rows = read_pairs(train, keys)
   if validation:
     splits = {"train": rows, "validation": read_pairs(validation, keys)}
@@ -123,11 +124,26 @@ def pairs_source(train: str, validation: str | None = None, *,
         "DataConfig.pairs_validation, or give at least "
         f"{VALIDATION_EVERY} pairs (every {VALIDATION_EVERY}th is held out).")
   prefix = prefix.strip()
-  columns = {}
-  for split, split_rows in splits.items():
-    inputs = [f"{prefix} {i}" if prefix else i for i, _ in split_rows]
-    columns[split] = (np.array(inputs, dtype=object),
-                      np.array([t for _, t in split_rows], dtype=object))
+  return {split: ([f"{prefix} {i}" if prefix else i for i, _ in split_rows],
+                  [t for _, t in split_rows])
+          for split, split_rows in splits.items()}
+
+
+def check_metric(metric: str) -> None:
+  if metric not in PAIRS_METRICS:
+    raise UsageError(f"DataConfig.pairs_metric={metric!r}: choose one of "
+                     f"{', '.join(map(repr, PAIRS_METRICS))}.")
+
+
+def pairs_source(train: str, validation: str | None = None, *,
+                 prefix: str = "", keys: tuple[str, str] = ("inputs", "targets")):
+  """A seqio source of {"inputs", "targets"} text; splits train and validation
+  (pair_splits)."""
+  import seqio
+  import tensorflow as tf
+  columns = {split: (np.array(inputs, dtype=object), np.array(targets, dtype=object))
+             for split, (inputs, targets) in pair_splits(
+                 train, validation, prefix=prefix, keys=keys).items()}
 
   def dataset_fn(split, shuffle_files, seed=None):
     if split not in columns:
@@ -144,16 +160,15 @@ def pairs_source(train: str, validation: str | None = None, *,
   return seqio.FunctionDataSource(dataset_fn, splits=tuple(columns))
 
 
-def register_pairs_task(name: str, vocabulary: seqio.Vocabulary, train: str,
+def register_pairs_task(name: str, vocabulary, train: str,
                         validation: str | None = None, *, prefix: str = "",
                         metric: str = "exact_match",
-                        keys: tuple[str, str] = ("inputs", "targets")
-                        ) -> seqio.Task:
-  """Registers `name`: finetuning on the pairs of `train`, scored by
+                        keys: tuple[str, str] = ("inputs", "targets")):
+  """Registers `name` (a seqio.Task): finetuning on the pairs of `train`, scored by
   `metric` (a PAIRS_METRICS name) on `validation` (module docstring)."""
-  if metric not in PAIRS_METRICS:
-    raise UsageError(f"DataConfig.pairs_metric={metric!r}: choose one of "
-                     f"{', '.join(map(repr, PAIRS_METRICS))}.")
+  import seqio
+  from t5jax.data import tasks as tasks_lib
+  check_metric(metric)
   return tasks_lib.register_task(
       name, source=pairs_source(train, validation, prefix=prefix,
                                 keys=tuple(keys)),

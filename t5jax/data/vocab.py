@@ -154,23 +154,47 @@ class SpmVocabulary:
     self.pieces = self._sp.get_piece_size()
     self.vocab_size = self.pieces + extra_ids
     self.pad_id, self.eos_id, self.unk_id = PAD_ID, EOS_ID, UNK_ID
+    # A piece that decodes to itself and starts no word: decode puts it before text that
+    # follows a sentinel, then cuts it off again.
+    self._marker = next((i for i in range(self.pieces) if self._sp.is_unknown(i) is False
+                         and not self._sp.is_control(i) and not self._sp.is_byte(i)
+                         and not self._sp.id_to_piece(i).startswith("\u2581")
+                         and self._sp.decode([i]) == self._sp.id_to_piece(i)), None)
+    self._marker_text = self._sp.id_to_piece(self._marker) if self._marker is not None else ""
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
+
   def decode(self, ids) -> str:
-    """Text of ids; a sentinel reads <extra_id_N>, and decoding stops at EOS (as seqio)."""
+    """seqio's text of ids: up to the first EOS, ids past the vocabulary read as UNK, and
+    a sentinel as " <extra_id_N>" (seqio adds them to the model as pieces
+    "\u2581<extra_id_N>", so only the text's first one loses its space)."""
     out, run = [], []
+
+    def flush():
+      if out and self._marker is not None:  # after a sentinel: keep a leading space, as
+        # SentencePiece does inside a text (it strips one only at the text's start)
+        text = self._sp.decode([self._marker, *run])[len(self._marker_text):]
+      else:
+        text = self._sp.decode(run)
+      if text:
+        out.append(text)
+      run.clear()
+
     for i in (int(i) for i in ids):
       if i == EOS_ID:
         break
+      if i >= self.vocab_size or i < 0:
+        i = UNK_ID
       if i >= self.pieces:
-        out.append(self._sp.decode(run))
-        out.append(f"<extra_id_{self.vocab_size - 1 - i}>")
-        run = []
+        flush()
+        out.append(f"{' ' if out else ''}<extra_id_{self.vocab_size - 1 - i}>")
       else:
         run.append(i)
-    out.append(self._sp.decode(run))
+    flush()
     return "".join(out)
 
 

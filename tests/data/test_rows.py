@@ -112,7 +112,8 @@ def test_span_corruption_lengths_sentinels_and_law():
   assert abs(np.mean(span_lengths == 1) - 27 / 84) < 0.02
 
 
-@pytest.mark.parametrize("module", ["t5jax.data.noise", "t5jax.data.rows"])
+@pytest.mark.parametrize("module", ["t5jax.data.noise", "t5jax.data.rows", "t5jax.data.pairs",
+                                    "t5jax.data.grain_pipeline", "t5jax.data.vocab"])
 def test_imports_no_tensorflow(module):
   """With tensorflow and seqio unimportable, the module imports and runs."""
   code = ("import sys\n"
