@@ -2,7 +2,7 @@
 both input pipelines in one run: seqio (tf.data) and grain (no TensorFlow).
 
 Run: .venv/bin/python benchmarks/bench_data.py [--batch 64] [--steps 100]
-     [--pipelines seqio,grain] [--grain_threads 0]
+     [--pipelines seqio,grain] [--grain_threads 0] [--grain_workers 0]
 The first run builds the default corpus and trains its 32k vocabulary
 (about a minute, cached in ~/.cache/t5jax); the timed part excludes that.
 
@@ -34,6 +34,8 @@ def main():
   parser.add_argument("--pipelines", default="seqio,grain")
   parser.add_argument("--grain_threads", type=int, default=0,
                       help="grain's read-ahead threads (0: synchronous, the default)")
+  parser.add_argument("--grain_workers", type=int, default=0,
+                      help="grain worker processes (DataConfig.grain_workers; 0: none)")
   args = parser.parse_args()
   if args.resume:
     return resume_times(args.resume_batch, args.reps)
@@ -80,8 +82,8 @@ def grain_rate(args):
   stream = grain_pipeline.CorpusStream(
       flat, splits, corpus.split_indices(len(splits) - 1, "train", files),
       grain_pipeline.StreamSpec(), vocabulary.vocab_size, vocabulary.extra_ids)
-  _time(grain_pipeline.GrainBatches(stream, args.batch, read_threads=args.grain_threads),
-        args, t0)
+  _time(grain_pipeline.GrainBatches(stream, args.batch, read_threads=args.grain_threads,
+                                    read_workers=args.grain_workers), args, t0)
 
 
 def seqio_rate(args):

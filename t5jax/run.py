@@ -43,6 +43,9 @@ class DataConfig:
   # tasks, t5jax.data.grain_pipeline; its position resumes on any process count).
   pipeline: str = "seqio"
   grain_shards: int = 8  # the grain pipeline's virtual shards (divide the batch size)
+  # grain worker processes making training rows (0: the trainer's prefetch thread makes
+  # them; more where idle cores can outpace the accelerator: benchmarks/bench_data.py)
+  grain_workers: int = 0
   inputs_length: int = 512
   targets_length: int = 114  # 114 is span corruption's target length for 512 inputs
   pack: bool = True
@@ -360,7 +363,8 @@ def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_s
       stream.num_shards = jax.process_count()
     return grain_pipeline.GrainBatches(stream, batch_size, start_step=start_step,
                                        process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+                                       process_count=jax.process_count(),
+                                       read_workers=data.grain_workers if train else 0)
   from t5jax.data import make_batch_iterator
   return make_batch_iterator(
       task, split=split, sequence_length={"inputs": data.inputs_length,

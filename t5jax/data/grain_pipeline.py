@@ -28,7 +28,11 @@ grain runs the per-group work: a MapDataset over group numbers, mapped by the gr
 function. By default it reads synchronously (read_threads=0): the work is numpy under the
 GIL, and on 2 cores grain's read-ahead threads made it 3x slower (433 against 138 us a
 512/114 row, measured), while the trainer's prefetch thread already overlaps it with the
-device's steps.
+device's steps. read_workers=N (DataConfig.grain_workers) computes the groups in N grain
+worker processes instead (one dataset over all of the process's shards, mp_prefetch):
+for hosts with idle cores whose accelerator steps faster than one core makes rows
+(bench_data.py --grain_workers measures it; on the 2-core test VM they halve the rate).
+The rows are the same either way.
 """
 
 from __future__ import annotations
@@ -178,17 +182,12 @@ def tokenize_texts(vocabulary, texts: list[str]) -> list[np.ndarray]:
 
 
 class _ShardReader:
-  """One shard's rows from a position (group, row): grain reads the groups ahead."""
+  """One shard's rows from a position (group, row), its groups from `groups` (an iterator
+  of the shard's groups from `group` on)."""
 
-  def __init__(self, stream: CorpusStream, shard: int, group: int, row: int,
-               read_threads: int):
-    import grain
-    self.stream, self.shard = stream, shard
-    self.group, self.row = group, row
-    groups = grain.MapDataset.range(group, 2 ** 62).map(
-        functools.partial(stream.group_rows, shard))
-    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2)
-    self._groups = iter(groups.to_iter_dataset(read_options=options))
+  def __init__(self, shard: int, group: int, row: int, groups):
+    self.shard, self.group, self.row = shard, group, row
+    self._groups = groups
     self._rows = next(self._groups)
 
   def take(self, n: int) -> list[dict]:
@@ -202,12 +201,65 @@ class _ShardReader:
     return out
 
 
+def _shard_groups(stream: _Stream, shard: int, group: int, read_threads: int):
+  """Groups group, group + 1, ... of one shard, computed in this process by grain (its
+  read-ahead threads when read_threads > 0)."""
+  import grain
+  groups = grain.MapDataset.range(group, 2 ** 62).map(
+      functools.partial(stream.group_rows, shard))
+  options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2)
+  return iter(groups.to_iter_dataset(read_options=options))
+
+
+class _GroupOf:
+  """Element i of a process's combined dataset: (shard, rows of its group), shards in turn
+  (shard shards[i % S], group starts[i % S] + i // S)."""
+
+  def __init__(self, stream: _Stream, shards: list[int], starts: list[int]):
+    self.stream, self.shards, self.starts = stream, shards, starts
+
+  def __call__(self, i: int):
+    k, n = i % len(self.shards), i // len(self.shards)
+    rows = self.stream.group_rows(self.shards[k], self.starts[k] + n)
+    # One array per feature: grain moves each array through its own shared memory.
+    return k, {key: np.stack([r[key] for r in rows]) for key in rows[0]} if rows else {}
+
+
+class _WorkerGroups:
+  """All of a process's shards through one grain dataset whose groups are computed by
+  `workers` worker processes (grain's mp_prefetch). Shards take their groups at slightly
+  different paces, so groups that arrive before their shard needs them wait here."""
+
+  def __init__(self, stream: _Stream, positions: dict[int, tuple[int, int]], workers: int):
+    import grain
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
+      flags.FLAGS.mark_as_parsed()
+    self.shards = sorted(positions)
+    dataset = grain.MapDataset.range(0, 2 ** 62).map(
+        _GroupOf(stream, self.shards, [positions[s][0] for s in self.shards]))
+    self._it = iter(dataset.to_iter_dataset().mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers)))
+    self._waiting = {k: collections.deque() for k in range(len(self.shards))}
+
+  def groups(self, shard: int):
+    k = self.shards.index(shard)
+    while True:
+      while not self._waiting[k]:
+        got, stacked = next(self._it)
+        rows = len(next(iter(stacked.values()))) if stacked else 0
+        self._waiting[got].append([{key: v[r] for key, v in stacked.items()}
+                                   for r in range(rows)])
+      yield self._waiting[k].popleft()
+
+
 class GrainBatches:
   """This process's numpy batches from a CorpusStream (what BatchIterator gives for the
   seqio pipeline: the same keys, int32 [batch_size / process_count, length])."""
 
   def __init__(self, stream: CorpusStream, batch_size: int, *, start_step: int = 0,
-               process_index: int = 0, process_count: int = 1, read_threads: int = 0):
+               process_index: int = 0, process_count: int = 1, read_threads: int = 0,
+               read_workers: int = 0):
     k = stream.num_shards
     if k % process_count or batch_size % k:
       raise UsageError(
@@ -219,7 +271,7 @@ class GrainBatches:
     per = k // process_count
     self.shards = list(range(process_index * per, (process_index + 1) * per))
     self.rows_per_shard = batch_size // k
-    self.read_threads = read_threads
+    self.read_threads, self.read_workers = read_threads, read_workers
     self.step = 0
     self._positions = {s: (0, 0) for s in self.shards}
     # (step, positions) before each recent batch: what save_state_rewound writes.
@@ -232,8 +284,13 @@ class GrainBatches:
 
   def _start(self):
     if self._readers is None:
-      self._readers = {s: _ShardReader(self.stream, s, *self._positions[s], self.read_threads)
-                       for s in self.shards}
+      if self.read_workers:
+        workers = _WorkerGroups(self.stream, self._positions, self.read_workers)
+        groups = {s: workers.groups(s) for s in self.shards}
+      else:
+        groups = {s: _shard_groups(self.stream, s, self._positions[s][0], self.read_threads)
+                  for s in self.shards}
+      self._readers = {s: _ShardReader(s, *self._positions[s], groups[s]) for s in self.shards}
       for _ in range(self._skip):  # replay (no saved position): O(start_step)
         self._next()
       self._skip = 0
