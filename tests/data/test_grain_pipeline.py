@@ -187,15 +187,17 @@ sys.exit(rc)
 
 
 def test_t5jax_train_runs_and_resumes_without_tensorflow(corpus_file, vocab_dir, tmp_path):
-  """`t5jax train` on the grain path with tensorflow, seqio and tfds unimportable: it
+  """`t5jax train` with `make pretrain`'s config (the grain path) and tensorflow, seqio and
+  tfds unimportable: it
   trains, evaluates, prints examples, and a rerun continues from the position saved with
   the checkpoint (no replay)."""
   import subprocess
   import sys
   from t5jax.data import vocab
   spm = vocab.train_vocab([corpus_file], vocab_dir, vocab_size=300)
-  flags = ["train", "--gin_file=demo/model_cpu.gin", "--gin_file=runs/pretrain.gin",
-           f"--run_dir={tmp_path / 'run'}", "--gin.DataConfig.pipeline='grain'",
+  # `make pretrain`'s own gin file, on a small corpus and vocabulary, fewer steps.
+  flags = ["train", "--gin_file=demo/pretrain_cpu.gin",
+           f"--run_dir={tmp_path / 'run'}",
            "--gin.DataConfig.task='local_corpus'", f"--gin.DataConfig.corpus=('{corpus_file}',)",
            f"--gin.DataConfig.vocabulary='{spm}'", "--gin.model_config.vocab_size=512",
            "--gin.DataConfig.inputs_length=64", "--gin.DataConfig.targets_length=16",
