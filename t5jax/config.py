@@ -55,6 +55,10 @@ class AdapterConfig:
     'ia3'    learned vectors (init ones) scaling the outputs of targeted kernels,
              except `wo`, whose input (the MLP's inner activation) is scaled.
     'prompt' num_virtual_tokens learned embeddings prepended to every encoder input.
+             num_transformer_submodules=2 (HF PEFT's default for T5) also keeps a
+             decoder table of num_virtual_tokens rows, as PEFT does: PEFT (0.21)
+             saves it but its T5 forward and generate never apply it (no gradient
+             reaches it), so t5jax keeps it unused too and exports it unchanged.
     'norm'   no new parameters: only the RMSNorm scales train (T5 has no biases,
              so this is its analogue of BitFit).
   target_modules: LoRA / IA3 targets, regular expressions matched against kernel
@@ -73,6 +77,7 @@ class AdapterConfig:
   num_virtual_tokens: int = 20
   prompt_init: str = "vocab"  # 'vocab': rows of sampled token embeddings; 'text'; 'random'
   prompt_init_text: str | None = None
+  num_transformer_submodules: int = 1  # prompt: 2 adds PEFT's (unused) decoder table
 
   def __post_init__(self):
     if self.method not in ADAPTER_METHODS:
@@ -91,6 +96,10 @@ class AdapterConfig:
     if not _is_int(self.num_virtual_tokens) or self.num_virtual_tokens < 1:
       raise UsageError(f"AdapterConfig.num_virtual_tokens={self.num_virtual_tokens!r} must "
                        "be an integer >= 1.")
+    if self.num_transformer_submodules not in (1, 2):
+      raise UsageError(f"AdapterConfig.num_transformer_submodules="
+                       f"{self.num_transformer_submodules!r}: 1 (encoder prompt) or 2 (and "
+                       "PEFT's decoder table).")
     if self.prompt_init not in PROMPT_INITS:
       raise UsageError(f"AdapterConfig.prompt_init={self.prompt_init!r}: expected one of "
                        f"{PROMPT_INITS}.")

@@ -238,6 +238,11 @@ class Decoder(nn.Module):
     if prompt_length(cfg):  # the encoder output starts with the prompt's positions
       cross_mask = _with_prompt_keys(cross_mask, prompt_length(cfg))
 
+    if prompt_length(cfg) and cfg.adapter.num_transformer_submodules == 2:
+      # HF PEFT's decoder prompt table for T5: saved with the adapter, never applied
+      # (PEFT 0.21's seq2seq forward and generate prepend the encoder's rows only).
+      _param(self, "prompt_embedding", nn.initializers.normal(stddev=1.0),
+             (prompt_length(cfg), cfg.d_model), ("prompt", "embed"))
     x = self.shared_embedding(tokens)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
     layer_cls = _layer_stack(DecoderLayer, cfg, cfg.decoder_layers, num_broadcast=5)

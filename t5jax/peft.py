@@ -15,7 +15,8 @@ Adapter leaves sit beside the kernel they adapt, named after it:
 `.../attention/query_lora_a` [embed, r] and `query_lora_b` [r, heads, kv];
 `.../mlp/wo_lora_a` [mlp, r], `wo_lora_b` [r, embed]; IA3 `.../attention/key_ia3`
 [heads, kv] (output scale) and `.../mlp/wo_ia3` [mlp] (input scale);
-`encoder/prompt_embedding` [P, embed]. Norm-only tuning adds nothing: its
+`encoder/prompt_embedding` [P, embed] (and PEFT's unused `decoder/prompt_embedding` with
+num_transformer_submodules=2). Norm-only tuning adds nothing: its
 trainable leaves are the RMSNorm scales. Without an adapter nothing changes.
 
 No TensorFlow, seqio or gin; jax and flax only inside the functions that build
@@ -164,7 +165,8 @@ def init_adapter(config: T5Config, base_params, rng, text_ids=None) -> dict:
     ids = _prompt_ids(adapter, config.vocab_size, prompt_key, text_ids)
     if ids is not None:
       embedding = np.asarray(flatten(dict(base_params))[("token_embedder", "embedding")])
-      tree["encoder"][PROMPT_LEAF] = np.asarray(embedding[ids], np.float32)
+      for part in ("encoder", "decoder")[:adapter.num_transformer_submodules]:
+        tree[part][PROMPT_LEAF] = np.asarray(embedding[ids], np.float32)
   return tree
 
 
@@ -274,7 +276,7 @@ def _refuse(peft_config: dict, path: str, **unsupported) -> None:
     value = peft_config.get(field)
     if not ok(value):
       raise UsageError(f"{path}/{PEFT_CONFIG}: {field}={value!r} is not supported by t5jax "
-                       "(plain LoRA / IA3 / encoder prompt tuning); merge it in PEFT "
+                       "(plain LoRA / IA3 / prompt tuning); merge it in PEFT "
                        "(merge_and_unload) and load the merged model instead.")
 
 
@@ -286,18 +288,24 @@ def load_peft_adapter(path: str, config: T5Config, params) -> tuple[T5Config, di
   base = base_config(config)
   flat_base = flatten(without_adapter_leaves(params))
   if kind == "PROMPT_TUNING":
-    _refuse(peft_config, path, num_transformer_submodules=lambda v: v in (None, 1))
+    _refuse(peft_config, path, num_transformer_submodules=lambda v: v in (None, 1, 2))
     prompt = tensors.get("prompt_embeddings")
     if prompt is None or set(tensors) != {"prompt_embeddings"}:
       raise UsageError(f"{path}/{PEFT_WEIGHTS}: a prompt-tuning adapter holds one tensor, "
                        f"'prompt_embeddings'; found {sorted(tensors)[:5]}.")
-    count_ = int(peft_config.get("num_virtual_tokens") or prompt.shape[0])
-    if prompt.shape != (count_, config.d_model):
+    # PEFT's table: num_virtual_tokens rows per submodule, the encoder's first.
+    parts = int(peft_config.get("num_transformer_submodules") or 1)
+    count_ = int(peft_config.get("num_virtual_tokens") or prompt.shape[0] // parts)
+    if prompt.shape != (count_ * parts, config.d_model):
       raise UsageError(f"{path}: prompt_embeddings has shape {prompt.shape}, but the base "
-                       f"needs ({count_}, {config.d_model}) (num_virtual_tokens, d_model): an "
-                       "adapter for another base model?")
-    adapter = AdapterConfig("prompt", num_virtual_tokens=count_, prompt_init="random")
-    flat_base[("encoder", PROMPT_LEAF)] = prompt
+                       f"needs ({count_ * parts}, {config.d_model}) (num_virtual_tokens x "
+                       "num_transformer_submodules, d_model): an adapter for another base "
+                       "model?")
+    adapter = AdapterConfig("prompt", num_virtual_tokens=count_, prompt_init="random",
+                            num_transformer_submodules=parts)
+    flat_base[("encoder", PROMPT_LEAF)] = prompt[:count_]
+    if parts == 2:  # kept for the export; PEFT never applies it to T5 (AdapterConfig)
+      flat_base[("decoder", PROMPT_LEAF)] = prompt[count_:]
     return base.replace(adapter=adapter), unflatten(flat_base)
   if kind not in ("LORA", "IA3"):
     raise UsageError(f"{path}/{PEFT_CONFIG}: peft_type={kind!r}; t5jax reads LORA, IA3 and "
@@ -383,10 +391,12 @@ def save_peft_adapter(path: str, config: T5Config, params, base_model: str | Non
             "inference_mode": True, "revision": None}
   tensors = {}
   if adapter.method == "prompt":
-    tensors["prompt_embeddings"] = flat[("encoder", PROMPT_LEAF)]
+    parts = adapter.num_transformer_submodules
+    tensors["prompt_embeddings"] = np.concatenate(
+        [flat[(part, PROMPT_LEAF)] for part in ("encoder", "decoder")[:parts]])
     peft_config = dict(common, peft_type="PROMPT_TUNING",
                        num_virtual_tokens=adapter.num_virtual_tokens, token_dim=config.d_model,
-                       num_transformer_submodules=1, num_attention_heads=config.num_heads,
+                       num_transformer_submodules=parts, num_attention_heads=config.num_heads,
                        num_layers=config.num_layers, prompt_tuning_init="RANDOM")
   else:
     modules = []

@@ -27,6 +27,7 @@ from t5jax.errors import UsageError
 from t5jax.model import T5
 
 FAST = {"xla_backend_optimization_level": 0}
+METHODS = ("lora", "ia3", "prompt", "prompt2")  # prompt2: num_transformer_submodules=2
 TOL = 1e-4  # float32, relative to the logits' scale (as tests/test_conversion_hf.py)
 HEADS = {"tied": dict(feed_forward_proj="relu", tie_word_embeddings=True),
          "untied": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)}
@@ -39,6 +40,8 @@ def peft_config(method, gated):
                            target_modules=["q", "k", "v", "o", *mlp])
   if method == "ia3":
     return peft.IA3Config(task_type="SEQ_2_SEQ_LM")  # T5 defaults: k, v, wo (feedforward)
+  if method == "prompt2":  # PEFT's default for T5: an encoder and a decoder table
+    return peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=5)
   return peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=5,
                                  num_transformer_submodules=1)
 
@@ -82,7 +85,7 @@ def folders(tmp_path_factory):
   for head in HEADS:
     base = str(root / f"base_{head}")
     hf_model(**HEADS[head]).save_pretrained(base)
-    for method in ("lora", "ia3", "prompt"):
+    for method in METHODS:
       model = peft_model(method, head)
       adapter = str(root / f"{method}_{head}")
       model.save_pretrained(adapter)
@@ -95,12 +98,12 @@ def folders(tmp_path_factory):
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
-@pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
+@pytest.mark.parametrize("method", METHODS)
 def test_peft_adapter_gives_peft_logits_and_exports_back(method, head, folders, tmp_path):
   base, adapter, reference, generated = folders[method, head]
   enc, dec = batch()
   config, params = load_checkpoint(base, adapter=adapter)
-  assert config.adapter.method == method
+  assert config.adapter.method == method.rstrip("2")
   logits = t5jax_logits(config, params, enc, dec)
   assert close(logits, reference), np.abs(logits - reference).max()
 
@@ -118,8 +121,14 @@ def test_peft_adapter_gives_peft_logits_and_exports_back(method, head, folders, 
   reloaded = peft.PeftModel.from_pretrained(
       transformers.T5ForConditionalGeneration.from_pretrained(base), str(tmp_path / "export"))
   assert close(peft_logits(reloaded.eval(), enc, dec), logits)
+  if method == "prompt2":  # the whole table goes back, the decoder's rows included
+    from safetensors.numpy import load_file
+    saved, exported = (load_file(os.path.join(d, "adapter_model.safetensors"))
+                       for d in (adapter, str(tmp_path / "export")))
+    assert saved["prompt_embeddings"].shape == (10, 32)
+    np.testing.assert_array_equal(exported["prompt_embeddings"], saved["prompt_embeddings"])
 
-  if method == "prompt":
+  if method.startswith("prompt"):
     with pytest.raises(UsageError, match="cannot be merged"):
       t5peft.merge_adapter(config, params)
     return
@@ -167,3 +176,75 @@ def test_bad_adapter_folders_are_named(folders, tmp_path):
     dst.write(src.read())
   with pytest.raises(UsageError, match="PREFIX_TUNING"):
     load_checkpoint(base, adapter=str(tmp_path / "prefix"))
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_peft_default_prompt_tuning_at_peft_float32_noise_floor(head, folders):
+  """PEFT's default T5 prompt tuning (num_transformer_submodules=2) on T5.1.0 (tied, relu)
+  and T5.1.1 (untied, gated-gelu) heads: t5jax's float32 logits are within 2x PEFT's own
+  float32 error against PEFT in float64. PEFT applies the encoder's rows only: changing
+  the decoder's rows changes neither PEFT's logits nor t5jax's, and no gradient reaches
+  them, so training leaves them as loaded."""
+  base, adapter, reference, _ = folders["prompt2", head]
+  enc, dec = batch()
+  config, params = load_checkpoint(base, adapter=adapter)
+  assert config.adapter.num_transformer_submodules == 2
+  model64 = peft.PeftModel.from_pretrained(
+      transformers.T5ForConditionalGeneration.from_pretrained(base), adapter).double().eval()
+  with torch.no_grad():
+    exact = model64(input_ids=torch.tensor(enc, dtype=torch.long),
+                    attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+                    decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+  ours = t5jax_logits(config, params, enc, dec)
+  theirs = np.abs(reference - exact).max()
+  print(f"\nerror ratio {head}: {np.abs(ours - exact).max() / theirs:.2f} ({np.abs(ours - exact).max():.2e} vs PEFT float32 {theirs:.2e})")
+  assert np.abs(ours - exact).max() <= 2 * theirs + 1e-7, (np.abs(ours - exact).max(), theirs)
+
+  moved = jax.tree.map(lambda x: x, params)
+  moved["decoder"]["prompt_embedding"] = params["decoder"]["prompt_embedding"] + 3.0
+  np.testing.assert_array_equal(t5jax_logits(config, moved, enc, dec), ours)
+  with torch.no_grad():
+    model64.prompt_encoder["default"].embedding.weight[5:] += 3.0
+    again = model64(input_ids=torch.tensor(enc, dtype=torch.long),
+                    attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+                    decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+  np.testing.assert_array_equal(again, exact)
+  grads = jax.grad(lambda p: t5jax_logits_sum(config, p, enc, dec))(params)
+  assert not np.any(np.asarray(grads["decoder"]["prompt_embedding"]))
+  assert np.any(np.asarray(grads["encoder"]["prompt_embedding"]))
+
+
+def t5jax_logits_sum(config, params, enc, dec):
+  return jnp.sum(T5(config).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec)) ** 2)
+
+
+def test_finetune_a_peft_default_prompt_adapter_and_export_it(folders, tmp_path):
+  """Load PEFT's default prompt adapter, finetune it two steps (the encoder's rows move,
+  the decoder's stay as PEFT would leave them: no gradient), export it, and PEFT loads the
+  export with t5jax's logits."""
+  import dataclasses
+  from synthetic_batches import FAST_COMPILE, data_fn
+  from t5jax import trainer
+  from t5jax.partitioning import MeshConfig
+  from t5jax.checkpoints import CheckpointConfig
+  base, adapter, _, _ = folders["prompt2", "untied"]
+  config, params = load_checkpoint(base, adapter=adapter)
+  config = dataclasses.replace(config, dropout_rate=0.0)
+  train_config = trainer.TrainConfig(
+      run_dir=str(tmp_path / "run"), num_steps=2, batch_size=8, mesh=MeshConfig(-1, 1),
+      log_every=2, tensorboard=False, handle_signals=False, peak_flops=1e12,
+      checkpoint=CheckpointConfig(every_steps=2, asynchronous=False),
+      compiler_options=FAST_COMPILE)
+  result = trainer.train(config, train_config, data_fn(8, vocab=64), init_params=params,
+                         verbose=False)
+  tuned = jax.device_get(result.params)
+  assert not np.allclose(tuned["encoder"]["prompt_embedding"],
+                         params["encoder"]["prompt_embedding"])
+  np.testing.assert_array_equal(tuned["decoder"]["prompt_embedding"],
+                                params["decoder"]["prompt_embedding"])
+  t5peft.save_peft_adapter(str(tmp_path / "export"), config, tuned)
+  reloaded = peft.PeftModel.from_pretrained(
+      transformers.T5ForConditionalGeneration.from_pretrained(base), str(tmp_path / "export"))
+  assert reloaded.peft_config["default"].num_transformer_submodules == 2
+  enc, dec = batch()
+  assert close(peft_logits(reloaded.eval(), enc, dec), t5jax_logits(config, tuned, enc, dec))
