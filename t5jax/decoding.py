@@ -298,7 +298,7 @@ def prepare_params(params, config: T5Config, quantize: str | None = None) -> Dec
 
 
 def _stores_out_in(config: T5Config) -> bool:
-  return (xla_cpu.enabled() and jnp.dtype(config.dtype) != jnp.float32
+  return (xla_cpu.bf16_kernels() and jnp.dtype(config.dtype) != jnp.float32
           and not config.scan_layers)
 
 

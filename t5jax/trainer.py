@@ -426,8 +426,7 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   if adapter:
     say(peft.describe_trainable(model_config, abstract.params,
                                 peft.count(abstract.params) + peft.count(frozen_abstract)))
-  say(f"Kernels: {'XLA-CPU' if xla_cpu.enabled() else 'standard'} path "
-      f"({xla_cpu.ENV}={xla_cpu.setting()}, backend {jax.default_backend()}).")
+  say(f"Kernels: {xla_cpu.describe()}.")
   step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
                                   skip_nonfinite=config.on_nonfinite == "skip")
   eval_fn = steps.make_eval_step(model_config, config.loss) if eval_data_fn else None

@@ -1,6 +1,7 @@
 """The XLA-CPU path: kernels that only pay on XLA's CPU backend, behind one switch.
 
-    T5JAX_CPU_KERNELS=auto   # default: on exactly when jax.default_backend() == "cpu"
+    T5JAX_CPU_KERNELS=auto   # default: on exactly when jax.default_backend() == "cpu",
+                             # the bfloat16 kernels where the CPU has AMX-BF16 / AVX512-BF16
     T5JAX_CPU_KERNELS=on     # force the CPU path (tests)
     T5JAX_CPU_KERNELS=off    # the standard path everywhere
 
@@ -11,7 +12,9 @@ for tests that run both paths in one process).
 The standard path (`t5jax.layers`, `t5jax.decoding`, `t5jax.optim`) is plain
 JAX/Flax and is what GPUs and TPUs run. Each function here replaces one piece of
 it with the same mathematical function written the way XLA-CPU runs fastest on
-this project's 2-core Xeon test VM (AMX-BF16, AVX-512). `docs/design.md`, "Two
+this project's 2-core test VMs (a Xeon with AMX-BF16; AMD EPYCs with and without
+AVX512-BF16: the bfloat16 kernels run only where the CPU has one of them,
+`bf16_kernels`). `docs/design.md`, "Two
 paths", lists each with its measured gain. Nothing here changes the parameter
 tree, the optimizer state tree, checkpoints or the loss: only how XLA-CPU is told
 to compute them. What the CPU path gives up:
@@ -72,6 +75,47 @@ def enabled() -> bool:
   return value == "on" or (value == "auto" and jax.default_backend() == "cpu")
 
 
+# CPU instructions that multiply bfloat16 into float32: what the bfloat16 kernels need.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+  """This machine's CPU feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def bf16_kernels() -> bool:
+  """Whether the CPU path's bfloat16 kernels run (`einsum`'s float32-accumulating custom
+  VJP, decoding weights stored [out, in]): on the CPU path, where the CPU multiplies
+  bfloat16 natively (AMX-BF16 or AVX512-BF16; T5JAX_CPU_KERNELS=on and `forced` run
+  them anywhere). Without those instructions XLA-CPU converts to float32 either way and
+  the kernels only add work: on an AVX2-only EPYC the CPU path trained bfloat16 9%
+  slower than the standard path, so there its bfloat16 matmuls are the standard ones."""
+  if not enabled():
+    return False
+  if _FORCED.get() is not None or setting() == "on":
+    return True
+  return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def describe() -> str:
+  """One line for logs: which path, and on the CPU path whether the bf16 kernels run."""
+  if not enabled():
+    return f"standard path ({ENV}={setting()}, backend {jax.default_backend()})"
+  flags = sorted(cpu_flags() & set(BF16_FLAGS))
+  bf16 = ("on" if bf16_kernels() else "off") + (f", CPU has {'/'.join(flags)}" if flags
+                                                else ", CPU has no AMX-BF16/AVX512-BF16")
+  return f"XLA-CPU path ({ENV}={setting()}; bfloat16 kernels {bf16})"
+
+
 @contextlib.contextmanager
 def forced(on: bool):
   """Within this block `enabled()` is `on`, whatever the environment says.
@@ -111,6 +155,10 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None, precision=None)
   out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
   if dtype == jnp.float32:
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
+                      precision=precision).astype(out_dtype)
+  if not bf16_kernels():  # the standard path's dot (layers.einsum)
+    preferred = jnp.float32 if out_dtype == jnp.float32 else dtype
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=preferred,
                       precision=precision).astype(out_dtype)
   if isinstance(a, _JVPTracer) or isinstance(b, _JVPTracer):
     raise TypeError(

@@ -11,10 +11,10 @@ import optax
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from t5jax import losses, optim, xla_cpu
+from t5jax import layers, losses, optim, xla_cpu
 from t5jax import train_step as ts
 from t5jax.benchmark import synthetic_batch
-from t5jax.config import T5Config
+from t5jax.config import T5Config, get_config
 from t5jax.layers import relative_position_bucket
 from t5jax.rng import counter_bits, index_bits, element_index as _element_index
 from t5jax.model import T5, init_params
@@ -68,6 +68,35 @@ def test_switch_reads_the_environment(monkeypatch):
   monkeypatch.setenv(xla_cpu.ENV, "fast")
   with pytest.raises(ValueError, match="T5JAX_CPU_KERNELS='fast': expected one of auto, on, off"):
     xla_cpu.enabled()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto is the CPU path on CPU only")
+def test_auto_runs_the_bfloat16_kernels_only_where_the_cpu_multiplies_bfloat16(monkeypatch):
+  """auto: the bfloat16 einsum kernel (a custom VJP) and [out, in] decoding weights where
+  the CPU has AMX-BF16 or AVX512-BF16; elsewhere the standard dot, the other CPU kernels
+  still on. `on` runs them on any CPU."""
+  from t5jax import decoding
+  config = get_config("tiny", dtype="bfloat16")
+
+  def kernel_in_grad():
+    grad = jax.grad(lambda a, b: jnp.sum(layers.einsum("mk,kn->mn", a, b, jnp.bfloat16,
+                                                       jnp.float32)))
+    return "custom_vjp" in str(jax.make_jaxpr(grad)(jnp.ones((4, 8)), jnp.ones((8, 16))))
+
+  monkeypatch.setenv(xla_cpu.ENV, "auto")
+  for flags, expected in ((frozenset({"avx2", "fma"}), False),
+                          (frozenset({"avx2", "avx512_bf16"}), True),
+                          (frozenset({"amx_bf16", "amx_tile"}), True)):
+    monkeypatch.setattr(xla_cpu, "cpu_flags", lambda f=flags: f)
+    assert xla_cpu.enabled() and xla_cpu.bf16_kernels() == expected, flags
+    assert kernel_in_grad() == expected
+    assert decoding._stores_out_in(config) == expected
+    assert ("bfloat16 kernels on" if expected else "bfloat16 kernels off") in xla_cpu.describe()
+  monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx2"}))
+  monkeypatch.setenv(xla_cpu.ENV, "on")
+  assert xla_cpu.bf16_kernels() and kernel_in_grad()
+  monkeypatch.setenv(xla_cpu.ENV, "off")
+  assert not xla_cpu.bf16_kernels() and "standard path" in xla_cpu.describe()
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
