@@ -37,6 +37,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from t5jax.conversion import BEST_FILE, read_best  # noqa: F401 (one best.json reader)
 from t5jax.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ class ConfigMismatchError(UsageError):
 # resume with them changed (scan_layers changes the layout, which is converted).
 PARAMETER_FREE_FIELDS = ("dtype", "matmul_precision", "remat_policy", "dropout_rate",
                          "scan_layers")
-BEST_FILE = "best.json"
 
 
 def config_to_json(config) -> dict:
@@ -353,13 +353,3 @@ class Checkpointer:
     self.manager.wait_until_finished()
     self.manager.close()
 
-
-
-def read_best(run_dir: str) -> dict | None:
-  """run_dir/best.json: {step, metric, value, mode, ranked} (ranked: every evaluated
-  checkpoint, best first), or None."""
-  path = os.path.join(run_dir, BEST_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)

@@ -203,7 +203,9 @@ def ranked_steps(best: dict | None) -> list[dict]:
 
 
 def read_best(run_dir: str) -> dict | None:
-  """run_dir/best.json ({step, metric, value, mode}), or None if the run has none."""
+  """run_dir/best.json: {step, metric, value, mode, ranked} (ranked: every evaluated
+  checkpoint, best first), or None if the run has none; one that is not such a record is
+  a UsageError saying how to go on."""
   path = os.path.join(run_dir, BEST_FILE)
   if not os.path.exists(path):
     return None
