@@ -39,3 +39,19 @@ def local_task(corpus_file, vocabulary):
   data.register_local_corpus_task(name, [corpus_file], vocabulary,
                                   shuffle_buffer_size=64)
   return name
+
+
+@pytest.fixture(scope="session")
+def spm(vocabulary):
+  """The path of the tests' SentencePiece model."""
+  return vocabulary.sentencepiece_model_file
+
+
+@pytest.fixture
+def no_gin_bindings():
+  """The command line leaves its gin bindings, which DataConfig(...) would pick up: a
+  module that runs `t5jax` in process uses this around each test (pytestmark)."""
+  import gin
+  gin.clear_config()
+  yield
+  gin.clear_config()

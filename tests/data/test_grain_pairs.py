@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,16 +22,7 @@ from test_grain_pipeline import NO_TF, REPO
 WORDS = "cat dog bird fish cow horse sheep goat duck mouse".split()
 
 
-@pytest.fixture(autouse=True)
-def no_gin_bindings():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
-@pytest.fixture(scope="module")
-def spm(vocabulary):
-  return vocabulary.sentencepiece_model_file
+pytestmark = pytest.mark.usefixtures("no_gin_bindings")
 
 
 def _pairs(n, seed=0):

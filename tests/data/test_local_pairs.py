@@ -31,17 +31,7 @@ def _write(path, content):
   return str(path)
 
 
-@pytest.fixture(autouse=True)
-def no_gin_bindings():
-  """The command line leaves its gin bindings, which DataConfig(...) would pick up."""
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
-@pytest.fixture(scope="module")
-def spm(vocabulary):
-  return vocabulary.sentencepiece_model_file
+pytestmark = pytest.mark.usefixtures("no_gin_bindings")
 
 
 def test_pairs_train_eval_infer_end_to_end(spm, tmp_path):
