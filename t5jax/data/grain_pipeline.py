@@ -31,7 +31,7 @@ GIL, and on 2 cores grain's read-ahead threads made it 3x slower (433 against 13
 device's steps. read_workers=N (DataConfig.grain_workers) computes the groups in N grain
 worker processes instead (one dataset over all of the process's shards, mp_prefetch):
 for hosts with idle cores whose accelerator steps faster than one core makes rows
-(bench_data.py --grain_workers measures it; on the 2-core test VM they halve the rate).
+(bench_data.py --grain_workers measures it; on the 2-core test VM: 0.75x the rate).
 The rows are the same either way.
 """
 
@@ -134,11 +134,6 @@ class CorpusStream(_Stream):
       self.raw_length = (noise.random_spans_helper(
           spec.inputs_length, spec.noise_density, spec.mean_noise_span_length)[0]
           if spec.objective == "span_corruption" else spec.inputs_length - 1)
-
-  def document(self, position: int) -> np.ndarray:
-    """Token ids of the document at `position` of the endless epoch-wise stream."""
-    doc = self.item(position)
-    return self.flat[self.splits[doc]:self.splits[doc + 1]]
 
   def group_rows(self, shard: int, group: int) -> list[dict]:
     """The model rows of group `group` of shard `shard` (a pure function of both and the
@@ -254,10 +249,10 @@ class _WorkerGroups:
 
 
 class GrainBatches:
-  """This process's numpy batches from a CorpusStream (what BatchIterator gives for the
-  seqio pipeline: the same keys, int32 [batch_size / process_count, length])."""
+  """This process's numpy batches from a CorpusStream or PairsStream (what BatchIterator
+  gives for the seqio pipeline: the same keys, int32 [batch_size / process_count, length])."""
 
-  def __init__(self, stream: CorpusStream, batch_size: int, *, start_step: int = 0,
+  def __init__(self, stream: _Stream, batch_size: int, *, start_step: int = 0,
                process_index: int = 0, process_count: int = 1, read_threads: int = 0,
                read_workers: int = 0):
     k = stream.num_shards
