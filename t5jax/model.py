@@ -148,19 +148,27 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, tokens, segment_ids=None, deterministic=True):
     cfg = self.config
-    valid = tokens > 0
+    valid = tokens != 0  # pad 0; negative ids are prompt slots (packed prompt tuning)
     mask = _padding_mask(valid, valid)
     if segment_ids is not None:
       mask &= _segment_mask(segment_ids, segment_ids)
-    num_prompt = prompt_length(cfg)  # prompt tuning's positions come first
-    positions = jnp.arange(num_prompt + tokens.shape[1])
+    num_prompt = prompt_length(cfg)
+    prepend = num_prompt if segment_ids is None else 0  # unpacked: the prompt comes first
+    positions = jnp.arange(prepend + tokens.shape[1])
     bias = RelativePositionBias(cfg.relative_attention_num_buckets,
                                 cfg.relative_attention_max_distance, cfg.num_heads,
                                 bidirectional=True, precision=cfg.dot_precision,
                                 name="relpos_bias")(positions, positions)
-    x = self.shared_embedding(tokens)
     if num_prompt:
-      x, mask = self._prepend_prompt(x, mask, valid, segment_ids is not None, num_prompt)
+      prompt = _param(self, "prompt_embedding", nn.initializers.normal(stddev=1.0),
+                      (num_prompt, cfg.d_model), ("prompt", "embed"))
+      x = self.shared_embedding(jnp.maximum(tokens, 0))
+      if prepend:
+        x, mask = _prepend_prompt(prompt.astype(x.dtype), x, mask, valid)
+      else:
+        x = _fill_prompt_slots(prompt.astype(x.dtype), x, tokens)
+    else:
+      x = self.shared_embedding(tokens)
     x = Dropout(cfg.dropout_rate)(x, deterministic)
     layer_cls = _layer_stack(EncoderLayer, cfg, cfg.num_layers, num_broadcast=2)
     if cfg.scan_layers:
@@ -171,24 +179,26 @@ class Encoder(nn.Module):
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic)
 
-  def _prepend_prompt(self, x, mask, valid, packed, num_prompt):
-    """Prompt tuning: P learned embeddings before each row's tokens, as PEFT prepends
-    them to inputs_embeds; prompt keys are visible to every query of the row.
 
-    Unpacked rows are exactly PEFT's: prompt queries see the prompt and the row's
-    tokens. In a packed row (segment ids) the one prompt serves every example and
-    its queries see only the prompt, so no information passes between the row's
-    examples through it (PEFT has no packing: there each example gets its own
-    prompt, whose queries also see that example)."""
-    batch, _, width = x.shape
-    prompt = _param(self, "prompt_embedding", nn.initializers.normal(stddev=1.0),
-                    (num_prompt, width), ("prompt", "embed"))
-    prompt = jnp.broadcast_to(prompt.astype(x.dtype)[None], (batch, num_prompt, width))
-    x = jnp.concatenate([prompt, x], axis=1)
-    prompt_keys = jnp.ones((batch, num_prompt), bool)
-    keys = jnp.concatenate([prompt_keys, jnp.zeros_like(valid) if packed else valid], axis=1)
-    top = jnp.broadcast_to(keys[:, None, None, :], (batch, 1, num_prompt, x.shape[1]))
-    return x, jnp.concatenate([top, _with_prompt_keys(mask, num_prompt)], axis=2)
+def _prepend_prompt(prompt, x, mask, valid):
+  """Prompt tuning on unpacked rows, as PEFT does it: the P prompt rows before each
+  row's tokens (PEFT prepends them to inputs_embeds); every query sees the prompt keys,
+  the prompt's queries see the prompt and the row's tokens."""
+  batch, num_prompt = x.shape[0], prompt.shape[0]
+  x = jnp.concatenate([jnp.broadcast_to(prompt[None], (batch,) + prompt.shape), x], axis=1)
+  keys = jnp.concatenate([jnp.ones((batch, num_prompt), bool), valid], axis=1)
+  top = jnp.broadcast_to(keys[:, None, None, :], (batch, 1, num_prompt, x.shape[1]))
+  return x, jnp.concatenate([top, _with_prompt_keys(mask, num_prompt)], axis=2)
+
+
+def _fill_prompt_slots(prompt, x, tokens):
+  """Prompt tuning on packed rows: the input pipelines put P slot ids -1 .. -P before
+  each example's inputs (t5jax.data.rows.prompt_slot_ids); slot -k holds prompt row
+  k - 1. Each example then has its own prompt at positions 0 .. P-1 of its segment,
+  seen through the segment mask exactly as PEFT's prepended prompt is, and the rows
+  are as long as PEFT's."""
+  slot = jnp.clip(-tokens - 1, 0, prompt.shape[0] - 1)
+  return jnp.where((tokens < 0)[..., None], prompt[slot], x)
 
 
 class Decoder(nn.Module):
@@ -232,10 +242,11 @@ class Decoder(nn.Module):
       self_mask = (positions[None, :] <= positions[:, None])[None, None]
       if segment_ids is not None:
         self_mask = self_mask & _segment_mask(segment_ids, segment_ids)
-    cross_mask = (encoder_tokens > 0)[:, None, None, :]
+    cross_mask = (encoder_tokens != 0)[:, None, None, :]  # negative: prompt slots
     if segment_ids is not None and encoder_segment_ids is not None and not stepping:
       cross_mask = cross_mask & _segment_mask(segment_ids, encoder_segment_ids)
-    if prompt_length(cfg):  # the encoder output starts with the prompt's positions
+    if prompt_length(cfg) and encoder_segment_ids is None:
+      # Unpacked: the encoder output starts with the prompt's positions.
       cross_mask = _with_prompt_keys(cross_mask, prompt_length(cfg))
 
     if prompt_length(cfg) and cfg.adapter.num_transformer_submodules == 2:

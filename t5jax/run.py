@@ -26,7 +26,7 @@ from t5jax import trainer as trainer_lib
 from t5jax.config import T5Config, get_config
 from t5jax.decoding import DecodeConfig
 from t5jax.errors import UsageError
-from t5jax.model import unscan_params
+from t5jax.model import prompt_length, unscan_params
 
 DEFAULT_TASK = "default_corpus_span_corruption"
 LOCAL_CORPUS_TASK = "local_corpus"
@@ -231,14 +231,14 @@ def _pair_split(data: DataConfig, split: str) -> tuple[list[str], list[str]]:
 
 
 def _grain_stream(data: DataConfig, task: str, split: str, vocabulary, train: bool,
-                  pack: bool):
+                  pack: bool, prompt_slots: int = 0):
   """The grain pipeline's stream of one split (the corpus or pairs tokenised once)."""
   from t5jax.data import corpus as corpus_lib, grain_pipeline
   spec = grain_pipeline.StreamSpec(
       inputs_length=data.inputs_length, targets_length=data.targets_length,
       objective=data.objective, noise_density=data.noise_density,
       mean_noise_span_length=data.mean_noise_span_length, pack=pack, seed=data.seed,
-      shuffle=train)
+      shuffle=train, prompt_slots=prompt_slots)
   if task == LOCAL_PAIRS_TASK:
     inputs, targets = _pair_split(data, split)
     return grain_pipeline.PairsStream(grain_pipeline.tokenize_texts(vocabulary, inputs),
@@ -351,12 +351,15 @@ def check_vocabulary(model: T5Config, vocabulary) -> None:
 
 
 def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_step: int = 0,
-            train: bool = True, pack: bool | None = None, vocabulary=None):
+            train: bool = True, pack: bool | None = None, vocabulary=None,
+            prompt_slots: int = 0):
+  """Batches of `split`; prompt_slots: the model's prompt_length (prompt tuning), which
+  packed rows reserve before each example (t5jax.data.rows.prompt_slot_ids)."""
   pack = data.pack if pack is None else pack
   if data.pipeline == "grain":
     from t5jax.data import grain_pipeline
     vocabulary = vocabulary or _prepare_grain_task(data)[0]
-    stream = _grain_stream(data, task, split, vocabulary, train, pack)
+    stream = _grain_stream(data, task, split, vocabulary, train, pack, prompt_slots)
     # Eval batches need not divide into the virtual shards, and read in order: one shard
     # per process.
     if not train:
@@ -371,7 +374,7 @@ def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_s
                                           "targets": data.targets_length},
       batch_size=batch_size, seed=data.seed, start_step=start_step,
       pack=pack, shuffle=train, repeat=True,
-      data_dir=data.data_dir)
+      data_dir=data.data_dir, prompt_slots=prompt_slots)
 
 
 _ARCHITECTURE = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers",
@@ -440,11 +443,12 @@ def train(model: T5Config = gin.REQUIRED, trainer: trainer_lib.TrainConfig = gin
   # 3. Input: training batches from any step (resume), a fixed eval slice.
   def data_fn(start_step):
     return batches(data, task, "train", trainer.batch_size, start_step=start_step,
-                   vocabulary=vocabulary)
+                   vocabulary=vocabulary, prompt_slots=prompt_length(model))
 
   def eval_data_fn():
     return itertools.islice(batches(data, task, data.eval_split, trainer.batch_size,
-                                    train=False, vocabulary=vocabulary), data.eval_batches)
+                                    train=False, vocabulary=vocabulary,
+                                    prompt_slots=prompt_length(model)), data.eval_batches)
 
   # Tasks with metrics (GLUE, SuperGLUE) are also decoded and scored at each eval.
   eval_hook = None
@@ -641,7 +645,8 @@ def teacher_forced_metrics(config, params, data, task, batch_size) -> dict:
   from t5jax import losses, train_step
   eval_step = jax.jit(train_step.make_eval_step(config, losses.LossConfig()))
   total = None
-  for batch in itertools.islice(batches(data, task, data.eval_split, batch_size, train=False),
+  for batch in itertools.islice(batches(data, task, data.eval_split, batch_size, train=False,
+                                        prompt_slots=prompt_length(config)),
                                 data.eval_batches):
     stats = jax.device_get(eval_step(params, batch))
     total = stats if total is None else jax.tree.map(np.add, total, stats)

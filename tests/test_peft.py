@@ -121,18 +121,30 @@ def test_scanned_stacks_compute_what_per_layer_ones_do_and_merge():
   np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_packed_prompt_rows_keep_their_examples_apart():
-  """A packed row's examples see the shared prompt but not each other."""
+def test_packed_prompt_rows_give_each_example_its_own_prompt():
+  """A packed row with prompt slots before each example (as both pipelines make them)
+  gives every example the logits of its own unpacked row, where the model prepends the
+  prompt; changing one example changes nothing of the other. (Against PEFT itself:
+  tests/test_peft_hf.py.)"""
+  from t5jax.data.rows import prompt_slot_ids
   config = tiny("prompt", num_virtual_tokens=3)
   params = randomized(config, init(config))
-  a, b = np.array([[5, 6, 7, 1]]), np.array([[9, 10, 1, 0]])
-  packed = np.concatenate([a, b[:, :3]], axis=1)
-  segments = np.array([[1, 1, 1, 1, 2, 2, 2]])
-  encode = lambda tokens, seg: np.asarray(apply(config, params, tokens, seg, method=T5.encode))
-  first = encode(packed, segments)[0, 3:7]
-  changed = packed.copy()
-  changed[0, 4:6] = [20, 21]  # another second example
-  np.testing.assert_allclose(encode(changed, segments)[0, 3:7], first, atol=1e-6)
+  slots = prompt_slot_ids(3)
+  examples = [([5, 6, 7, 1], [11, 12, 1]), ([9, 10, 1], [13, 1])]
+  enc = np.concatenate([np.r_[slots, e] for e, _ in examples] + [[0, 0]])[None]
+  tgt = np.concatenate([t for _, t in examples] + [[0]])[None]
+  enc_seg = np.array([[1] * 7 + [2] * 6 + [0, 0]])
+  dec_seg = np.array([[1, 1, 1, 2, 2, 0]])
+  dec_in = np.array([[0, 11, 12, 0, 13, 0]])
+  packed = apply(config, params, enc, dec_in, enc_seg, dec_seg)[0]
+  starts = [(0, 3), (3, 5)]
+  for (inputs, targets), (a, b) in zip(examples, starts):
+    alone = apply(config, params, np.array([inputs]), np.r_[0, targets[:-1]][None])[0]
+    np.testing.assert_allclose(packed[a:b], alone, atol=2e-5)
+  changed = enc.copy()
+  changed[0, 10:12] = [20, 21]  # another second example
+  np.testing.assert_allclose(apply(config, params, changed, dec_in, enc_seg, dec_seg)[0, :3],
+                             packed[:3], atol=1e-6)
 
 
 def test_bad_adapter_configs_say_what_to_fix():

@@ -248,3 +248,36 @@ def test_finetune_a_peft_default_prompt_adapter_and_export_it(folders, tmp_path)
   assert reloaded.peft_config["default"].num_transformer_submodules == 2
   enc, dec = batch()
   assert close(peft_logits(reloaded.eval(), enc, dec), t5jax_logits(config, tuned, enc, dec))
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_packed_prompt_rows_give_peft_logits_per_example(head, folders):
+  """Packed rows with prompt tuning: the pipelines put P slot ids before each example's
+  inputs, and each example of the packed row gets the logits PEFT gives it alone (PEFT
+  prepends its prompt to every example; it has no packing), within 2x PEFT's own float32
+  error against float64, on T5.1.0 and T5.1.1 heads with PEFT's default two tables."""
+  from t5jax.data.rows import prompt_slot_ids
+  base, adapter, _, _ = folders["prompt2", head]
+  config, params = load_checkpoint(base, adapter=adapter)
+  enc, dec = batch()
+  examples = [(enc[1, :16], dec[1, :7]), (enc[2, :6], dec[2, :5]), (enc[0, :9], dec[0, :4])]
+  slots = prompt_slot_ids(config.adapter.num_virtual_tokens)
+  row_enc = np.concatenate([np.r_[slots, e] for e, _ in examples] + [np.zeros(3, np.int32)])
+  row_dec = np.concatenate([d for _, d in examples] + [np.zeros(2, np.int32)])
+  enc_seg = np.concatenate([np.full(len(slots) + len(e), i + 1) for i, (e, _) in
+                            enumerate(examples)] + [np.zeros(3, int)]).astype(np.int32)
+  dec_seg = np.concatenate([np.full(len(d), i + 1) for i, (_, d) in enumerate(examples)]
+                           + [np.zeros(2, int)]).astype(np.int32)
+  fn = jax.jit(lambda p, *a: T5(config).apply({"params": p}, *a), compiler_options=FAST)
+  ours = np.asarray(fn(params, row_enc[None], row_dec[None], enc_seg[None], dec_seg[None]))[0]
+  models = {dtype: peft.PeftModel.from_pretrained(
+      transformers.T5ForConditionalGeneration.from_pretrained(base), adapter).to(dtype).eval()
+      for dtype in (torch.float32, torch.float64)}
+  start = 0
+  for e, d in examples:
+    exact, single = (peft_logits(models[t], e[None], d[None])[0]
+                     for t in (torch.float64, torch.float32))
+    got = ours[start:start + len(d)]
+    start += len(d)
+    theirs = np.abs(single - exact).max()
+    assert np.abs(got - exact).max() <= 2 * theirs + 1e-7, (np.abs(got - exact).max(), theirs)

@@ -68,7 +68,7 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
                  seed: int, pack: bool = True, shuffle: bool = True,
                  repeat: bool = True, process_index: int | None = None,
                  process_count: int | None = None,
-                 data_dir: str | None = None) -> tf.data.Dataset:
+                 data_dir: str | None = None, prompt_slots: int = 0) -> tf.data.Dataset:
   """The batched tf.data pipeline behind make_batch_iterator (step 0 on)."""
   if process_index is None or process_count is None:
     import jax  # noqa: PLC0415 (only needed for the defaults)
@@ -82,6 +82,13 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
   if batch_size % process_count:
     raise UsageError(f"global batch_size {batch_size} is not divisible by "
                      f"process_count {process_count}")
+  prompt_slots = prompt_slots if pack else 0
+  if prompt_slots:
+    if sequence_length["inputs"] <= prompt_slots + 1:
+      raise UsageError(f"inputs length {sequence_length['inputs']} leaves no room for an "
+                       f"example after {prompt_slots} prompt slots; raise "
+                       "DataConfig.inputs_length or lower num_virtual_tokens.")
+    sequence_length = {**sequence_length, "inputs": sequence_length["inputs"] - prompt_slots}
   _ensure_registered(task_or_mixture_name)
   provider = seqio.get_mixture_or_task(task_or_mixture_name)
   tfds_names = _tfds_names(provider)
@@ -95,7 +102,8 @@ def make_dataset(task_or_mixture_name: str, *, split: str,
     ds = seqio.get_dataset(
         provider,
         task_feature_lengths=dict(sequence_length),
-        feature_converter=packing.FastPackEncDecFeatureConverter(pack=pack),
+        feature_converter=packing.FastPackEncDecFeatureConverter(
+            pack=pack, prompt_slots=prompt_slots),
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=None if repeat else 1,
@@ -192,7 +200,8 @@ def make_batch_iterator(task_or_mixture_name: str, *, split: str,
                         shuffle: bool = True, repeat: bool = True,
                         process_index: int | None = None,
                         process_count: int | None = None,
-                        data_dir: str | None = None) -> BatchIterator:
+                        data_dir: str | None = None,
+                        prompt_slots: int = 0) -> BatchIterator:
   """This process's int32 numpy batches for steps start_step, ... (a BatchIterator).
 
   Batch k (0-based) is exactly the k-th batch an uninterrupted run with the
@@ -215,6 +224,10 @@ def make_batch_iterator(task_or_mixture_name: str, *, split: str,
       dropped.
     process_index, process_count: default to jax.process_index() / count().
     data_dir: TFDS data_dir for TFDS-backed tasks.
+    prompt_slots: prompt tuning's num_virtual_tokens P. Packed rows then hold P slot
+      ids before each example's inputs (t5jax.data.rows.prompt_slot_ids), each example
+      trimmed to inputs length - P, so that every example gets its own prompt (the
+      model prepends it to unpacked rows itself).
 
   Returns:
     an iterator of dicts with encoder_input_tokens, decoder_input_tokens,
@@ -228,7 +241,7 @@ def make_batch_iterator(task_or_mixture_name: str, *, split: str,
       task_or_mixture_name, split=split, sequence_length=sequence_length,
       batch_size=batch_size, seed=seed, pack=pack, shuffle=shuffle,
       repeat=repeat, process_index=process_index,
-      process_count=process_count, data_dir=data_dir)
+      process_count=process_count, data_dir=data_dir, prompt_slots=prompt_slots)
   return BatchIterator(ds, start_step, (
       f"{task_or_mixture_name!r} split {split!r} has too few examples for "
       f"one batch of {batch_size} (shard {process_index} of "

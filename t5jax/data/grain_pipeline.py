@@ -64,6 +64,7 @@ class StreamSpec:
   pack: bool = True
   seed: int = 0
   shuffle: bool = True  # a new permutation of the documents every epoch
+  prompt_slots: int = 0  # packed prompt tuning: slot ids before each example (rows.py)
 
 
 class _Vocab:
@@ -82,7 +83,14 @@ class _Stream:
       raise UsageError(f"the {what} split is empty")
     self.item_ids = np.asarray(item_ids, np.int64)
     self.spec, self.num_shards = spec, num_shards
-    self.lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
+    self.slots = rows_lib.prompt_slot_ids(spec.prompt_slots if spec.pack else 0)
+    if spec.inputs_length <= len(self.slots) + 1:
+      raise UsageError(f"inputs length {spec.inputs_length} leaves no room for an example "
+                       f"after {len(self.slots)} prompt slots; raise DataConfig."
+                       "inputs_length or lower num_virtual_tokens.")
+    # Each example's lengths (the rows' less the prompt slots).
+    self.lengths = {"inputs": spec.inputs_length - len(self.slots),
+                    "targets": spec.targets_length}
 
   @functools.lru_cache(maxsize=4)
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -102,10 +110,14 @@ class _Stream:
     return [self.item((first + j) * k + shard) for j in range(noise.CONCAT_BATCH)]
 
   def _rows(self, examples: list[dict]) -> list[dict]:
-    """EOS after trim, then packed (or padded) model rows."""
-    return list(rows_lib.to_rows(
-        [{key: rows_lib.append_eos_after_trim(ex[key], self.lengths[key]) for key in ex}
-         for ex in examples], self.lengths, self.spec.pack))
+    """EOS after trim, prompt slots (if any), then packed (or padded) model rows."""
+    trimmed = [{key: rows_lib.append_eos_after_trim(ex[key], self.lengths[key]) for key in ex}
+               for ex in examples]
+    if len(self.slots):
+      trimmed = [dict(ex, inputs=np.concatenate([self.slots, ex["inputs"]])) for ex in trimmed]
+    return list(rows_lib.to_rows(trimmed, {"inputs": self.spec.inputs_length,
+                                           "targets": self.spec.targets_length},
+                                 self.spec.pack))
 
 
 class CorpusStream(_Stream):
@@ -132,8 +144,8 @@ class CorpusStream(_Stream):
           spec.objective, vocab, noise_density=spec.noise_density,
           mean_noise_span_length=spec.mean_noise_span_length)
       self.raw_length = (noise.random_spans_helper(
-          spec.inputs_length, spec.noise_density, spec.mean_noise_span_length)[0]
-          if spec.objective == "span_corruption" else spec.inputs_length - 1)
+          self.lengths["inputs"], spec.noise_density, spec.mean_noise_span_length)[0]
+          if spec.objective == "span_corruption" else self.lengths["inputs"] - 1)
 
   def group_rows(self, shard: int, group: int) -> list[dict]:
     """The model rows of group `group` of shard `shard` (a pure function of both and the

@@ -20,7 +20,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from t5jax.data.rows import pack_group
+from t5jax.data.rows import pack_group, prompt_slot_ids
 
 
 def trim_and_pack_dataset(ds: tf.data.Dataset,
@@ -55,7 +55,27 @@ def trim_and_pack_dataset(ds: tf.data.Dataset,
 
 
 class FastPackEncDecFeatureConverter(seqio.EncDecFeatureConverter):
-  """seqio.EncDecFeatureConverter whose packing runs in numpy."""
+  """seqio.EncDecFeatureConverter whose packing runs in numpy.
+
+  prompt_slots=P (prompt tuning, packed rows): P slot ids (rows.prompt_slot_ids) go
+  before each example's inputs, whose task length is the model's inputs length - P."""
+
+  def __init__(self, *args, prompt_slots: int = 0, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.prompt_slots = prompt_slots
+
+  def _with_slots(self, lengths: Mapping[str, int]) -> dict:
+    return {**lengths, "inputs": lengths["inputs"] + self.prompt_slots}
+
+  def _convert_features(self, ds, task_feature_lengths):
+    if self.prompt_slots:
+      slots = tf.constant(prompt_slot_ids(self.prompt_slots))
+      ds = ds.map(lambda x: {**x, "inputs": tf.concat([slots, x["inputs"]], 0)},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+    return super()._convert_features(ds, self._with_slots(task_feature_lengths))
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    return super().get_model_feature_lengths(self._with_slots(task_feature_lengths))
 
   def _pack_or_pad(self, ds, packed_lengths):
     if self.pack:

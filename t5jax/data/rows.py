@@ -31,6 +31,14 @@ def append_eos_after_trim(tokens, length: int, eos_id: int = EOS_ID) -> np.ndarr
   return np.concatenate([tokens[:length - 1], np.array([eos_id], np.int32)])
 
 
+def prompt_slot_ids(count: int) -> np.ndarray:
+  """Prompt tuning in packed rows: the ids -1, -2, ..., -count, put before each example's
+  inputs (after EOS and trimming to the inputs length - count) so that every packed
+  example gets its own prompt; the encoder fills slot -k with prompt row k - 1
+  (t5jax.model). Packing counts them as tokens (non-zero)."""
+  return -np.arange(1, count + 1, dtype=np.int32)
+
+
 def pack_group(lengths: Mapping[str, int], flat: Mapping[str, tuple]) -> dict:
   """Packs one group of examples. flat[k] = (values, row_splits) of feature k over the
   group; returns dense [rows, lengths[k]] arrays: k, k_positions, k_segment_ids."""

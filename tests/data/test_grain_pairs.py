@@ -103,6 +103,48 @@ def test_rows_equal_the_seqio_pairs_task(spm, tmp_path):
   assert _stack(packed.stream.group_rows(0, 0))["encoder_segment_ids"].max() > 1  # packed
 
 
+def test_packed_prompt_rows_in_both_pipelines(spm, tmp_path):
+  """Prompt tuning on packed rows (prompt_slots=P): both pipelines put the P slot ids before
+  each example's inputs, trimmed with EOS to inputs_length - P, and hold the same examples
+  over an epoch: exactly the unpacked seqio task's at inputs_length - P, slots first."""
+  from t5jax.data.rows import prompt_slot_ids
+  train = _write_tsv(tmp_path / "train.tsv", _pairs(256))
+  valid = _write_tsv(tmp_path / "valid.tsv", _pairs(8, seed=1))
+  data.register_pairs_task("test_prompt_pairs", data.get_vocabulary(spm), train, valid,
+                           prefix="animals:")
+  cfg = run.DataConfig(task="local_pairs", pipeline="grain", vocabulary=spm, pairs_train=train,
+                       pairs_validation=valid, pairs_prefix="animals:", inputs_length=16,
+                       targets_length=6, grain_shards=2)
+  vocabulary, _ = run.prepare_task(cfg)
+  slots = tuple(prompt_slot_ids(4))
+
+  def examples(batch):
+    out = []
+    for r in range(len(batch["encoder_input_tokens"])):
+      for seg in set(batch["encoder_segment_ids"][r]) - {0}:
+        pick = lambda k, s: tuple(batch[f"{k}_tokens"][r][batch[f"{s}_segment_ids"][r] == seg])
+        out.append((pick("encoder_input", "encoder"), pick("decoder_target", "decoder")))
+    return out
+
+  stream = run.batches(cfg, "local_pairs", "train", 8, vocabulary=vocabulary,
+                       prompt_slots=4).stream
+  grain = sorted(e for shard in (0, 1) for e in examples(_stack(stream.group_rows(shard, 0))))
+  seqio_packed = sorted(e for b in zip(range(32), data.make_batch_iterator(
+      "test_prompt_pairs", split="train", sequence_length={"inputs": 16, "targets": 6},
+      batch_size=8, seed=0, pack=True, shuffle=False, repeat=False, process_index=0,
+      process_count=1, prompt_slots=4)) for e in examples(b[1]))
+  unpacked = sorted((slots + i, t) for b in zip(range(32), data.make_batch_iterator(
+      "test_prompt_pairs", split="train", sequence_length={"inputs": 12, "targets": 6},
+      batch_size=8, seed=0, pack=False, shuffle=False, process_index=0, process_count=1))
+      for i, t in _unpacked(b[1]))
+  assert len(grain) == 256 and grain == seqio_packed == unpacked
+  assert max(len(i) for i, _ in grain) == 16  # some inputs were trimmed to 12 with EOS
+  # Unpacked rows have no slots (the model prepends the prompt itself).
+  batch = next(run.batches(cfg, "local_pairs", "train", 8, vocabulary=vocabulary, pack=False,
+                           prompt_slots=4))
+  assert batch["encoder_input_tokens"].min() >= 0
+
+
 def _stack(rows):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
