@@ -65,14 +65,14 @@ class OptimizerConfig:
       raise UsageError("OptimizerConfig: schedule='cosine' needs total_steps.")
 
 
-def rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
-  """T5X 'constant * rsqrt_decay': base / sqrt(max(step, warmup_steps))."""
+def rsqrt_schedule(learning_rate: float, warmup_steps: int) -> Callable:
+  """T5X 'constant * rsqrt_decay': learning_rate / sqrt(max(step, warmup_steps))."""
   warmup = max(warmup_steps, 1)
-  return lambda step: base * jnp.asarray(jnp.maximum(step, warmup), jnp.float32) ** -0.5
+  return lambda step: learning_rate * jnp.asarray(jnp.maximum(step, warmup), jnp.float32) ** -0.5
 
 
-def warmup_rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
-  """eta0 * min(t^-1/2, t / warmup^1.5), t = step + 1: rsqrt decay after a linear
+def warmup_rsqrt_schedule(learning_rate: float, warmup_steps: int) -> Callable:
+  """learning_rate * min(t^-1/2, t / warmup^1.5), t = step + 1: rsqrt decay after a linear
   ramp (docs/t5_facts.md, "Optimisation").
 
   t counts from 1 so the first update is not multiplied by zero.
@@ -81,26 +81,29 @@ def warmup_rsqrt_schedule(base: float, warmup_steps: int) -> Callable:
 
   def schedule(step):
     t = jnp.asarray(step, jnp.float32) + 1.0
-    return base * jnp.minimum(t ** -0.5, t / w ** 1.5)
+    return learning_rate * jnp.minimum(t ** -0.5, t / w ** 1.5)
   return schedule
 
 
-def constant_schedule(base: float) -> Callable:
-  return lambda step: jnp.full_like(jnp.asarray(step, jnp.float32), base)
+def constant_schedule(learning_rate: float) -> Callable:
+  return lambda step: jnp.full_like(jnp.asarray(step, jnp.float32), learning_rate)
 
 
-def cosine_schedule(base: float, warmup_steps: int, total_steps: int, end: float = 0.0) -> Callable:
-  """Linear warm-up base*step/warmup, then end + (base-end)*(1+cos(pi*progress))/2."""
+def cosine_schedule(learning_rate: float, warmup_steps: int, total_steps: int,
+                    end: float = 0.0) -> Callable:
+  """Linear warm-up learning_rate * step / warmup, then
+  end + (learning_rate - end) * (1 + cos(pi * progress)) / 2."""
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = base * step / max(warmup_steps, 1)
+    warm = learning_rate * step / max(warmup_steps, 1)
     progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-    decayed = end + (base - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    decayed = end + (learning_rate - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
     return jnp.where(step < warmup_steps, warm, decayed)
   return schedule
 
 
 def make_schedule(config: OptimizerConfig) -> Callable:
+  """The learning rate as a function of the optimizer's update count (0 first)."""
   if config.schedule == "rsqrt":
     return rsqrt_schedule(config.learning_rate, config.warmup_steps)
   if config.schedule == "warmup_rsqrt":
@@ -111,8 +114,11 @@ def make_schedule(config: OptimizerConfig) -> Callable:
                          config.end_learning_rate)
 
 
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-  schedule = make_schedule(config)
+def make_optimizer(config: OptimizerConfig,
+                   schedule: Callable | None = None) -> optax.GradientTransformation:
+  """The optimizer of `config`; `schedule` (default make_schedule(config)): pass the one
+  the caller also logs, so that there is one."""
+  schedule = schedule or make_schedule(config)
   if config.name == "adafactor":
     if config.momentum is None and xla_cpu.enabled():  # CPU path: fused, same state tree
       tx = xla_cpu.adafactor(
@@ -140,6 +146,17 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   if config.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
   return tx
+
+
+def update_count(opt_state) -> jax.Array:
+  """The optimizer's own count of applied updates, the step its learning-rate schedule
+  reads (optax's ScaleByScheduleState). A step skipped with on_nonfinite='skip' keeps the
+  optimizer state and so this count, while the train state's step moves on."""
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=is_count) if is_count(s)]
+  if not counts:
+    raise ValueError("the optimizer state holds no schedule count (ScaleByScheduleState)")
+  return jnp.ravel(counts[0])[0]  # per-layer (vmapped) states repeat it per layer
 
 
 def _matrix_shape(shape) -> tuple:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5jax import losses, partitioning, peft
+from t5jax import losses, optim, partitioning, peft
 from t5jax.model import T5, abstract_params
 from t5jax.errors import UsageError
 
@@ -116,8 +116,8 @@ def make_train_step(model_config, tx: optax.GradientTransformation,
     metrics = dict(losses.summarize(stats), objective=objective, grad_norm=grad_norm,
                    finite=finite, num_tokens=stats["num_tokens"],
                    num_sequences=stats["num_sequences"])
-    if schedule is not None:
-      metrics["learning_rate"] = schedule(state.step)
+    if schedule is not None:  # the rate this update applied
+      metrics["learning_rate"] = schedule(optim.update_count(state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 

@@ -412,8 +412,8 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   if config.batch_size % jax.process_count():
     raise UsageError(f"batch_size={config.batch_size} not divisible by "
                      f"{jax.process_count()} processes.")
-  tx = optim.make_optimizer(config.optimizer)
   schedule = optim.make_schedule(config.optimizer)
+  tx = optim.make_optimizer(config.optimizer, schedule)
 
   # 2. Shardings, the start-up printout and the jitted steps.
   abstract, state_sh = steps.state_shardings(mesh, model_config, rule_set, tx)

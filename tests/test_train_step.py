@@ -42,3 +42,30 @@ def test_skip_nonfinite_keeps_params():
   assert int(state.step) == 1
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_logged_learning_rate_is_the_one_applied_after_a_skipped_step():
+  """The schedule reads the optimizer's own update count, which a skipped step keeps: the
+  step after a skip logs (and applies) the rate of the update count, not of the step."""
+  from t5jax.optim import OptimizerConfig, make_schedule, update_count
+  mesh = pt.make_mesh(pt.MeshConfig(1, 1), jax.devices()[:1])
+  rule_set = pt.rules("1d")
+  opt = OptimizerConfig(schedule="cosine", learning_rate=0.1, warmup_steps=10, total_steps=20,
+                        min_dim_size_to_factor=32)
+  schedule = make_schedule(opt)
+  tx = make_optimizer(opt, schedule)
+  _, sh = state_shardings(mesh, CONFIG0, rule_set, tx)
+  steps = {name: jit_steps(mesh, rule_set, sh, make_train_step(
+      CONFIG0, tx, LossConfig(normalization=norm), schedule, skip_nonfinite=True),
+      compiler_options=FAST_COMPILE).train_step
+      for name, norm in (("bad", 0.0), ("good", "num_real_target_tokens"))}
+  state = create_state(CONFIG0, tx, mesh, rule_set, sh, params=initial_params(CONFIG0),
+                       compiler_options=FAST_COMPILE)
+  logged = []
+  for i, name in enumerate(("good", "bad", "good", "good")):
+    state, metrics = steps[name](state, pt.global_batch(make_batch(i), mesh, rule_set),
+                                 jax.random.PRNGKey(i))
+    logged.append(float(metrics["learning_rate"]))
+  assert int(state.step) == 4 and int(update_count(state.opt_state)) == 3
+  # Update counts 0, 1 (skipped), 1, 2: warm-up rates 0, 0.01, 0.01, 0.02.
+  np.testing.assert_allclose(logged, [0.0, 0.01, 0.01, 0.02], rtol=1e-6)
