@@ -41,6 +41,7 @@ from t5jax.conversion import BEST_FILE, read_best  # noqa: F401 (one best.json r
 from t5jax.errors import UsageError
 
 log = logging.getLogger(__name__)
+SHARDINGS_FILE = "shardings.txt"  # each parameter's sharding, written at start-up
 
 
 @dataclasses.dataclass(frozen=True)

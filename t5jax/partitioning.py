@@ -222,8 +222,9 @@ def _per_device_bytes(tree, shardings) -> int:
 
 
 def describe(mesh: Mesh, abstract_params, param_sh, abstract_opt_state=None,
-             opt_sh=None) -> str:
-  """The start-up printout: mesh, per-device memory, each parameter's sharding."""
+             opt_sh=None, per_parameter: bool = True) -> str:
+  """The start-up summary: mesh, per-device memory and (per_parameter) a table of each
+  parameter's shape, partition spec and per-device shard."""
   mib = 1 / 2**20
   lines = [f"Mesh {dict(mesh.shape)} over {mesh.devices.size} devices "
            f"({jax.process_count()} process(es), platform {mesh.devices.flat[0].platform})."]
@@ -233,6 +234,8 @@ def describe(mesh: Mesh, abstract_params, param_sh, abstract_opt_state=None,
     o_bytes = _per_device_bytes(abstract_opt_state, opt_sh)
     line += f", optimizer state {o_bytes * mib:.2f} MiB, total {(p_bytes + o_bytes) * mib:.2f} MiB"
   lines.append(line + ".")
+  if not per_parameter:
+    return "\n".join(lines)
   for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
                               jax.tree.leaves(param_sh)):
     lines.append(f"  {'/'.join(_path_keys(path)):<70} {str(tuple(leaf.shape)):<18} "

@@ -51,6 +51,7 @@ class TrainConfig:
   peak_flops: float | None = None  # per device; None: known default or measured
   tensorboard: bool = True
   handle_signals: bool = True  # SIGTERM/SIGINT: finish the step, save, return
+  print_shardings: bool = False  # the per-parameter table on the console (else run_dir)
   compiler_options: dict | None = None  # XLA options for the jitted steps (see jit_steps)
   # Batches sharded onto the devices ahead of the step that uses them, on a background
   # thread (0: on the main thread, just before the step).
@@ -421,8 +422,17 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   frozen_sh = full_sh = None
   if adapter:
     frozen_abstract, frozen_sh, full_sh = steps.frozen_shardings(mesh, model_config, rule_set)
-  say(partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
-                            state_sh.opt_state))
+  table = partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
+                                state_sh.opt_state)
+  if config.print_shardings:
+    say(table)
+  else:  # the per-parameter table (~100 lines) goes to the run directory
+    say(table.split("\n", 2)[0] + " " + table.split("\n", 2)[1])
+    if jax.process_index() == 0:
+      os.makedirs(config.run_dir, exist_ok=True)
+      with open(os.path.join(config.run_dir, checkpoints.SHARDINGS_FILE), "w") as f:
+        f.write(table + "\n")
+      say(f"Each parameter's sharding: {os.path.join(config.run_dir, checkpoints.SHARDINGS_FILE)}.")
   if adapter:
     say(peft.describe_trainable(model_config, abstract.params,
                                 peft.count(abstract.params) + peft.count(frozen_abstract)))
