@@ -10,14 +10,11 @@ batch_size / P rows. Everything else (resume, preemption, metrics) is here.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import os
-import queue
 import re
 import signal
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -25,7 +22,7 @@ import jax
 import numpy as np
 
 from t5jax import (checkpoints, compilation, flops, losses, optim, partitioning, peft,
-                   train_step as steps, xla_cpu)
+                   prefetch, train_step as steps, xla_cpu)
 from t5jax.distributed import initialize_distributed  # noqa: F401 (re-exported)
 from t5jax.metrics import MetricsWriter
 from t5jax.model import init_params as model_init_params
@@ -135,129 +132,6 @@ def create_state(model_config, tx, mesh, rule_set, state_sh, seed: int = 0, para
 def _abstract_with_shardings(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
-
-
-class _Prefetcher:
-  """Global batches for steps start, start + 1, ..., made `depth` steps ahead.
-
-  A background thread reads `data` and shards each batch onto the devices
-  (`partitioning.global_batch`) while the current step runs, so the main thread
-  only dispatches. Errors in the thread (bad rows, a failing pipeline) are
-  raised by `next` in the main thread, at the step they belong to.
-
-  Its position can be saved with a checkpoint when `data` can save its own
-  (save_state / restore_state): the local batches read ahead but not yet used
-  by a step are saved with it (pending.npz) and come first after a restore,
-  as tf.data's prefetch buffer is part of its iterator's state.
-  """
-
-  _END = object()
-
-  def __init__(self, data: Iterator[dict], make_batch: Callable[[dict], dict], depth: int):
-    self._data, self._make, self._depth = data, make_batch, depth
-    self._lock = threading.Lock()  # held while reading `data` and while saving
-    self._pulled = collections.deque()  # read from `data`, not yet used by a step
-    self._restored = collections.deque()  # read ahead before a restart, not yet re-read
-    self._thread = None
-
-  def _start(self):
-    self._queue = queue.Queue(maxsize=self._depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._fill, daemon=True, name="t5jax-prefetch")
-    self._thread.start()
-
-  def _pull(self):
-    with self._lock:
-      local = self._restored.popleft() if self._restored else next(self._data, self._END)
-      if local is not self._END:
-        self._pulled.append(local)
-    return local
-
-  def _fill(self):
-    try:
-      while (local := self._pull()) is not self._END:
-        if not self._put(self._make(local)):
-          return
-      self._put(self._END)
-    except BaseException as e:  # re-raised in the main thread
-      self._put(e)
-
-  def _put(self, item) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def next(self, step: int) -> dict:
-    if self._depth:
-      if self._thread is None:
-        self._start()
-      item = self._queue.get()
-    else:
-      item = self._pull()
-      item = item if item is self._END else self._make(item)
-    if item is self._END:
-      raise UsageError(f"data_fn's iterator ended before step {step}: it must yield a batch "
-                       "for every step up to num_steps.")
-    if isinstance(item, BaseException):
-      raise item
-    with self._lock:
-      self._pulled.popleft()
-    return item
-
-  def save_state(self, directory: str) -> bool:
-    with self._lock:  # the reader thread is between batches
-      pending = [*self._pulled, *self._restored]
-      rewound = getattr(self._data, "save_state_rewound", None)
-      if rewound is not None and not self._restored:
-        # The source saves where the checkpointed step left it (a global position,
-        # t5jax.data.grain_pipeline): nothing process-local to keep, so it restores on
-        # any number of processes.
-        if rewound(os.path.join(directory, "pipeline"), len(pending)) is False:
-          return False
-        pending = []
-      elif self._data.save_state(os.path.join(directory, "pipeline")) is False:
-        return False  # this source cannot save its position now
-      np.savez(os.path.join(directory, "pending.npz"), count=len(pending),
-               **{f"{i}/{k}": v for i, batch in enumerate(pending) for k, v in batch.items()})
-      return True
-
-  def restore_state(self, directory: str) -> bool:
-    if self._thread is not None:
-      raise RuntimeError("restore_state after the first batch")
-    pending_file = os.path.join(directory, "pending.npz")
-    if not os.path.exists(pending_file):
-      return False
-    if self._data.restore_state(os.path.join(directory, "pipeline")) is False:
-      return False
-    with np.load(pending_file) as z:
-      pending = [{} for _ in range(int(z["count"]))]
-      for name in z.files:
-        if name != "count":
-          i, key = name.split("/", 1)
-          pending[int(i)][key] = z[name]
-    self._restored = collections.deque(pending)
-    return True
-
-  def restore_state_from(self, directories: list[str]) -> bool:
-    """Continues from positions saved by another number of processes, when the source
-    can (its position is global and nothing was pending: see save_state)."""
-    restore = getattr(self._data, "restore_state_from", None)
-    if restore is None or self._thread is not None:
-      return False
-    for d in directories:
-      with np.load(os.path.join(d, "pending.npz")) as z:
-        if int(z["count"]):
-          return False  # process-local batches were pending: only that layout resumes
-    return restore([os.path.join(d, "pipeline") for d in directories]) is not False
-
-  def close(self):
-    if self._thread is not None:
-      self._stop.set()
-      self._thread.join(timeout=5)
 
 
 def _describe_changes(meta: dict, ckpt) -> str:
@@ -382,6 +256,279 @@ def _adapter_start(model_config, init_params, seed: int, frozen_sh, prompt_ids):
   return frozen, peft.init_adapter(model_config, base, rng, prompt_ids)
 
 
+@dataclasses.dataclass
+class _Setup:
+  """What train builds before the loop: the mesh, the optimizer and the jitted steps."""
+
+  mesh: Any
+  rule_set: Any
+  tx: Any
+  abstract: Any  # the train state's shapes
+  state_sh: Any  # and shardings
+  compiled: steps.Compiled
+  adapter_start: Any  # (trainable leaves to start from) of an adapter run, else None
+  full_params: Callable  # state -> the model's params (with an adapter: base + adapter)
+
+
+def _setup(model_config, config: TrainConfig, evaluating: bool, init_params, prompt_ids,
+           say) -> _Setup:
+  """Mesh, rules, optimizer, shardings (summarised), the jitted steps, an adapter's base."""
+  mesh = partitioning.make_mesh(config.mesh)
+  rule_set = partitioning.rules(config.mesh.rules)
+  per_shard = config.batch_size // config.microbatches
+  if per_shard % partitioning.batch_divisor(mesh, rule_set):
+    raise UsageError(
+        f"batch_size/microbatches = {per_shard} is not divisible by the "
+        f"{partitioning.batch_divisor(mesh, rule_set)} batch shards of mesh {dict(mesh.shape)}.")
+  if config.batch_size % jax.process_count():
+    raise UsageError(f"batch_size={config.batch_size} not divisible by "
+                     f"{jax.process_count()} processes.")
+  schedule = optim.make_schedule(config.optimizer)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+
+  abstract, state_sh = steps.state_shardings(mesh, model_config, rule_set, tx)
+  adapter = model_config.adapter is not None
+  frozen_sh = full_sh = None
+  if adapter:
+    frozen_abstract, frozen_sh, full_sh = steps.frozen_shardings(mesh, model_config, rule_set)
+  _describe_shardings(config, mesh, abstract, state_sh, say)
+  if adapter:
+    say(peft.describe_trainable(model_config, abstract.params,
+                                peft.count(abstract.params) + peft.count(frozen_abstract)))
+  say(f"Kernels: {xla_cpu.describe()}.")
+  step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
+                                  skip_nonfinite=config.on_nonfinite == "skip")
+  eval_fn = steps.make_eval_step(model_config, config.loss) if evaluating else None
+  compiled = steps.jit_steps(mesh, rule_set, state_sh, step_fn, eval_fn,
+                             config.compiler_options, frozen_sh, full_sh)
+  adapter_start = None
+  if adapter:  # the frozen base is needed by fresh starts and resumes alike
+    compiled.frozen, adapter_start = _adapter_start(model_config, init_params, config.seed,
+                                                    frozen_sh, prompt_ids)
+  full_params = (lambda s: peft.combine(compiled.frozen, s.params)) if adapter else (
+      lambda s: s.params)
+  return _Setup(mesh, rule_set, tx, abstract, state_sh, compiled, adapter_start, full_params)
+
+
+def _describe_shardings(config: TrainConfig, mesh, abstract, state_sh, say) -> None:
+  """One mesh / memory line; the per-parameter table to run_dir (or the console)."""
+  table = partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
+                                state_sh.opt_state)
+  if config.print_shardings:
+    say(table)
+    return
+  say(" ".join(table.split("\n", 2)[:2]))
+  if jax.process_index() == 0:
+    path = os.path.join(config.run_dir, checkpoints.SHARDINGS_FILE)
+    os.makedirs(config.run_dir, exist_ok=True)
+    with open(path, "w") as f:
+      f.write(table + "\n")
+    say(f"Each parameter's sharding: {path}.")
+
+
+def _restore_or_init(model_config, config: TrainConfig, setup: _Setup, init_params,
+                     base_checkpoint, base_step, say):
+  """(checkpointer, state, rng, start step, restored?): the latest good checkpoint of
+  run_dir, else a fresh state. A checkpoint may come from another mesh, process count or
+  parameter-free model config (checkpoints.PARAMETER_FREE_FIELDS): orbax reshards onto
+  this run's shardings, and a checkpoint of the other layer layout (scan_layers) is
+  converted."""
+  mesh, adapter = setup.mesh, model_config.adapter is not None
+  runtime = {"mesh": "x".join(map(str, mesh.devices.shape)), "rules": config.mesh.rules,
+             "processes": jax.process_count(), "devices": jax.device_count(),
+             "microbatches": config.microbatches}
+  ckpt = checkpoints.Checkpointer(config.run_dir, config.checkpoint, model_config, runtime)
+  rng_sh = partitioning.replicated(mesh)
+  base_rng = jax.random.PRNGKey(config.seed)
+  abstract_rng = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rng_sh)
+
+  def abstract_for(stored: dict):  # the tree as the checkpoint holds it
+    old = model_config.replace(scan_layers=stored.get("scan_layers", False))
+    old_abstract, old_sh = ((setup.abstract, setup.state_sh)
+                            if old.scan_layers == model_config.scan_layers
+                            else steps.state_shardings(mesh, old, setup.rule_set, setup.tx))
+    return {"state": _abstract_with_shardings(old_abstract, old_sh), "rng": abstract_rng}
+
+  start, restored, meta = ckpt.restore_latest(abstract_for)
+  base_ref = peft.read_base_reference(config.run_dir) if adapter else None
+  if restored is not None and base_ref and base_ref.get("checkpoint") and init_params is None:
+    raise UsageError(
+        f"{config.run_dir} trains a {model_config.adapter.method} adapter on the base "
+        f"{base_ref['checkpoint']} (its {peft.BASE_FILE}), but no base was given to resume "
+        f"with: pass the same init_checkpoint (train.init_checkpoint = "
+        f"{base_ref['checkpoint']!r}).")
+  if restored is not None:
+    state, base_rng = restored["state"], restored["rng"]
+    if meta["model_config"].get("scan_layers", False) != model_config.scan_layers:
+      state = jax.jit(lambda old: relayout(old, setup.abstract),
+                      out_shardings=setup.state_sh)(state)
+    say(f"Resumed from {config.run_dir} at step {start}.")
+    changes = _describe_changes(meta, ckpt)
+    if changes:
+      say(f"Changed since step {start} was saved: {changes}.")
+    return ckpt, state, base_rng, start, True
+  with compilation.watch() as compile_init:
+    state = create_state(model_config, setup.tx, mesh, setup.rule_set, setup.state_sh,
+                         config.seed, setup.adapter_start if adapter else init_params,
+                         config.compiler_options)
+  say(compile_init.describe("the state's init"))
+  say("Fresh start" + (" from the given params." if init_params is not None else "."))
+  if adapter and jax.process_index() == 0:
+    peft.write_base_reference(config.run_dir, base_checkpoint, config.seed, base_step)
+  return ckpt, state, jax.device_put(base_rng, rng_sh), 0, False
+
+
+def _input(config: TrainConfig, data_fn: DataFn, setup: _Setup, ckpt, start: int,
+           restored: bool, say):
+  """(prefetcher of global batches from `start`, it again if its position can be saved
+  with each checkpoint, else None); a restored run continues from the saved position."""
+  rows_wanted = config.batch_size // jax.process_count()
+
+  def make_batch(local):
+    rows = np.shape(local["encoder_input_tokens"])[0]
+    if rows != rows_wanted:
+      raise UsageError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
+                       f"process(es); batch_size={config.batch_size} needs "
+                       f"{rows_wanted} per process.")
+    return partitioning.global_batch(local, setup.mesh, setup.rule_set)
+
+  source = data_fn(start) if start < config.num_steps else iter(())
+  data = prefetch.Prefetcher(source, make_batch, config.prefetch)
+  saved_data = data if checkpoints.checkpointable(source) else None
+  if restored and saved_data is not None and start < config.num_steps:
+    if ckpt.restore_data(start, data):
+      say(f"Input pipeline continues from its position saved at step {start} (no replay).")
+    else:
+      say(f"Input pipeline: no position saved with step {start} for {jax.process_count()} "
+          f"process(es); replaying {start} batches to get there.")
+  return data, saved_data
+
+
+class _Meter:
+  """Per-step host metrics at each fetch, with step time, throughput and MFU: the wall
+  time since the last fetch over its steps (eval and checkpoint time excluded)."""
+
+  def __init__(self, model_config, config: TrainConfig, devices: int, say):
+    self.peak, source = flops.peak_flops_per_device(config.peak_flops, model_config.dtype)
+    say(f"Peak {self.peak / 1e12:.1f} TFLOP/s per device ({source}).")
+    self.model_config, self.batch_size, self.devices = model_config, config.batch_size, devices
+    self.step_flops = self.lengths = self.timer = None  # timer: (time, step) of the last fetch
+
+  def see(self, batch: dict) -> None:
+    if self.step_flops is None:  # the first batch gives the lengths
+      self.lengths = (batch["encoder_input_tokens"].shape[1],
+                      batch["decoder_input_tokens"].shape[1])
+      self.step_flops = flops.train_step_flops(self.model_config, self.batch_size,
+                                               *self.lengths)
+
+  def fetch(self, pending: list, step: int) -> list[dict]:
+    """Waits for the last dispatched step; its metrics and those before it, on the host."""
+    fetched = jax.device_get([m for _, m in pending])
+    now = time.perf_counter()
+    hosts = [{"step": s, **{k: float(v) for k, v in m.items()}}
+             for (s, _), m in zip(pending, fetched)]
+    if self.timer is not None:  # the first fetch of a process includes compilation
+      elapsed = (now - self.timer[0]) / (step - self.timer[1])
+      # tokens_per_s counts every encoder + decoder position (what the FLOPs count);
+      # target_tokens_per_s only the real (loss-weighted) targets.
+      for h in hosts:
+        h.update(step_time=elapsed, seq_per_s=self.batch_size / elapsed,
+                 tokens_per_s=self.batch_size * sum(self.lengths) / elapsed,
+                 target_tokens_per_s=h["num_tokens"] / elapsed,
+                 mfu=flops.mfu(self.step_flops, elapsed, self.devices, self.peak))
+    return hosts
+
+  def restart(self, step: int) -> None:
+    self.timer = (time.perf_counter(), step)
+
+
+@dataclasses.dataclass
+class _Fetch:
+  """A step at which the loop waits for the device: what the hooks see and share."""
+
+  step: int
+  state: Any
+  rng: Any
+  hosts: list  # per-step host metrics since the last fetch
+  evaluating: bool
+  logging: bool
+  saving: bool
+  syncing: bool
+  signalled: bool
+  eval_metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def _due(config: TrainConfig, ckpt, signals, step: int, start: int) -> dict | None:
+  """What is due after `step` (None: nothing, the loop runs on without waiting)."""
+  multi = jax.process_count() > 1
+  due = dict(evaluating=bool(config.eval_every) and step % config.eval_every == 0,
+             saving=ckpt.should_save(step),
+             signalled=not multi and signals.received is not None)
+  due["logging"] = (step % config.log_every == 0 or step in (1, config.num_steps)
+                    or due["evaluating"])
+  due["syncing"] = multi and (step % (config.sync_every or config.log_every) == 0
+                              or due["saving"] or step == config.num_steps)
+  return due if any(due.values()) or step == start + 1 else None
+
+
+def _hooks(config: TrainConfig, setup: _Setup, ckpt, writer, signals, saved_data,
+           eval_data_fn, eval_hook, say) -> list[Callable[[_Fetch], str | None]]:
+  """The periodic work at a fetch, in order; a hook returning a reason stops the run."""
+  patience = config.checkpoint.early_stopping_patience
+  save = lambda f: ckpt.save(f.step, {"state": f.state, "rng": f.rng}, data=saved_data)
+
+  def nonfinite(f):
+    bad = [h for h in f.hosts if not h["finite"]]
+    if bad and config.on_nonfinite == "stop":
+      s = bad[0]["step"] - 1
+      say(f"Non-finite loss ({bad[0]['loss']}) or grad norm ({bad[0]['grad_norm']}) at step "
+          f"{s} (the update from batch {s}); stopping at step {f.step}. The last good "
+          f"checkpoint is step {ckpt.latest_step()}.")
+      return "nonfinite"
+    for h in bad:
+      say(f"Non-finite loss at step {h['step'] - 1}: update skipped.")
+
+  def evaluate_(f):
+    if not f.evaluating:
+      return
+    params = setup.full_params(f.state)
+    if eval_data_fn:
+      f.eval_metrics.update(evaluate(setup.compiled, params, eval_data_fn(), setup.mesh,
+                                     setup.rule_set))
+    if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
+      f.eval_metrics.update(eval_hook(f.step, params))
+
+  def log(f):  # step 1 too: the starting loss, against which the curve is read
+    if f.logging:
+      interval = [h for h in f.hosts if "step_time" in h] or f.hosts
+      writer.write(f.step, {**_interval_summary(interval), **f.eval_metrics})
+
+  def checkpoint(f):
+    if f.saving or f.eval_metrics and config.checkpoint.best_metric:
+      ckpt.save(f.step, {"state": f.state, "rng": f.rng}, f.eval_metrics or None,
+                data=saved_data)
+
+  def early_stop(f):
+    best = ckpt.best if ckpt.best and ckpt.best["metric"] == config.checkpoint.best_metric \
+        else None
+    if f.evaluating and patience and best and \
+        (f.step - best["step"]) // config.eval_every >= patience:
+      save(f)
+      say(f"Early stopping at step {f.step}: {patience} evals without a better "
+          f"{best['metric']} than {best['value']:.6g} (step {best['step']}).")
+      return "early_stopped"
+
+  def preemption(f):
+    if (f.signalled or f.syncing) and _any_process(signals.received is not None):
+      save(f)
+      ckpt.wait()
+      say(f"Received {signals.received or 'a signal on another process'}: saved step "
+          f"{f.step} to {config.run_dir}; exiting. Rerun the same command to resume.")
+      return "preempted"
+
+  return [nonfinite, evaluate_, log, checkpoint, early_stop, preemption]
+
+
 def train(model_config, config: TrainConfig, data_fn: DataFn, *,
           init_params=None, eval_data_fn: Callable[[], Iterator[dict]] | None = None,
           eval_hook: Callable[[int, Any], dict] | None = None,
@@ -400,228 +547,53 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
   accuracy, every config.eval_every steps. eval_hook(step, params) -> dict of
   floats runs at the same steps (e.g. decoding plus the task's metrics).
   """
-  say = (lambda *a: print(*a, flush=True)) if verbose and jax.process_index() == 0 else (lambda *a: None)
-
-  # 1. Mesh, rules and the optimizer.
-  mesh = partitioning.make_mesh(config.mesh)
-  rule_set = partitioning.rules(config.mesh.rules)
-  per_shard = config.batch_size // config.microbatches
-  if per_shard % partitioning.batch_divisor(mesh, rule_set):
-    raise UsageError(
-        f"batch_size/microbatches = {per_shard} is not divisible by the "
-        f"{partitioning.batch_divisor(mesh, rule_set)} batch shards of mesh {dict(mesh.shape)}.")
-  if config.batch_size % jax.process_count():
-    raise UsageError(f"batch_size={config.batch_size} not divisible by "
-                     f"{jax.process_count()} processes.")
-  schedule = optim.make_schedule(config.optimizer)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-
-  # 2. Shardings, the start-up printout and the jitted steps.
-  abstract, state_sh = steps.state_shardings(mesh, model_config, rule_set, tx)
-  adapter = model_config.adapter is not None
-  frozen_sh = full_sh = None
-  if adapter:
-    frozen_abstract, frozen_sh, full_sh = steps.frozen_shardings(mesh, model_config, rule_set)
-  table = partitioning.describe(mesh, abstract.params, state_sh.params, abstract.opt_state,
-                                state_sh.opt_state)
-  if config.print_shardings:
-    say(table)
-  else:  # the per-parameter table (~100 lines) goes to the run directory
-    say(table.split("\n", 2)[0] + " " + table.split("\n", 2)[1])
-    if jax.process_index() == 0:
-      os.makedirs(config.run_dir, exist_ok=True)
-      with open(os.path.join(config.run_dir, checkpoints.SHARDINGS_FILE), "w") as f:
-        f.write(table + "\n")
-      say(f"Each parameter's sharding: {os.path.join(config.run_dir, checkpoints.SHARDINGS_FILE)}.")
-  if adapter:
-    say(peft.describe_trainable(model_config, abstract.params,
-                                peft.count(abstract.params) + peft.count(frozen_abstract)))
-  say(f"Kernels: {xla_cpu.describe()}.")
-  step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
-                                  skip_nonfinite=config.on_nonfinite == "skip")
-  eval_fn = steps.make_eval_step(model_config, config.loss) if eval_data_fn else None
-  compiled = steps.jit_steps(mesh, rule_set, state_sh, step_fn, eval_fn,
-                             config.compiler_options, frozen_sh, full_sh)
-  adapter_start = None
-  if adapter:  # the frozen base is needed by fresh starts and resumes alike
-    compiled.frozen, adapter_start = _adapter_start(model_config, init_params, config.seed,
-                                                    frozen_sh, prompt_ids)
-  full_params = (lambda s: peft.combine(compiled.frozen, s.params)) if adapter else (
-      lambda s: s.params)
-
-  # 3. Resume from the latest good checkpoint, else initialise. A checkpoint may
-  # come from another mesh, process count or parameter-free model config
-  # (checkpoints.PARAMETER_FREE_FIELDS): orbax reshards onto this run's shardings,
-  # and a checkpoint of the other layer layout (scan_layers) is converted.
-  runtime = {"mesh": "x".join(map(str, mesh.devices.shape)), "rules": config.mesh.rules,
-             "processes": jax.process_count(), "devices": jax.device_count(),
-             "microbatches": config.microbatches}
-  ckpt = checkpoints.Checkpointer(config.run_dir, config.checkpoint, model_config, runtime)
-  rng_sh = partitioning.replicated(mesh)
-  base_rng = jax.random.PRNGKey(config.seed)
-  abstract_rng = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rng_sh)
-  abstract_tree = {"state": _abstract_with_shardings(abstract, state_sh), "rng": abstract_rng}
-
-  def abstract_for(stored: dict):  # the tree as the checkpoint holds it
-    if stored.get("scan_layers", False) == model_config.scan_layers:
-      return abstract_tree
-    old = model_config.replace(scan_layers=stored["scan_layers"])
-    old_abstract, old_sh = steps.state_shardings(mesh, old, rule_set, tx)
-    return {"state": _abstract_with_shardings(old_abstract, old_sh), "rng": abstract_rng}
-
-  start, restored, meta = ckpt.restore_latest(abstract_for)
-  base_ref = peft.read_base_reference(config.run_dir) if adapter else None
-  if restored is not None and base_ref and base_ref.get("checkpoint") and init_params is None:
-    raise UsageError(
-        f"{config.run_dir} trains a {model_config.adapter.method} adapter on the base "
-        f"{base_ref['checkpoint']} (its {peft.BASE_FILE}), but no base was given to resume "
-        f"with: pass the same init_checkpoint (train.init_checkpoint = "
-        f"{base_ref['checkpoint']!r}).")
-  if restored is not None:
-    state, base_rng = restored["state"], restored["rng"]
-    if meta["model_config"].get("scan_layers", False) != model_config.scan_layers:
-      state = jax.jit(lambda old: relayout(old, abstract), out_shardings=state_sh)(state)
-    say(f"Resumed from {config.run_dir} at step {start}.")
-    changes = _describe_changes(meta, ckpt)
-    if changes:
-      say(f"Changed since step {start} was saved: {changes}.")
-  else:
-    with compilation.watch() as compile_init:
-      state = create_state(model_config, tx, mesh, rule_set, state_sh, config.seed,
-                           adapter_start if adapter else init_params, config.compiler_options)
-    say(compile_init.describe("the state's init"))
-    base_rng = jax.device_put(base_rng, rng_sh)
-    start = 0
-    say("Fresh start" + (" from the given params." if init_params is not None else "."))
-    if adapter and jax.process_index() == 0:
-      peft.write_base_reference(config.run_dir, base_checkpoint, config.seed, base_step)
-
-  # 4. MFU bookkeeping.
-  peak, peak_source = flops.peak_flops_per_device(config.peak_flops, model_config.dtype)
-  say(f"Peak {peak / 1e12:.1f} TFLOP/s per device ({peak_source}).")
-
-  # 5. The loop. Step s consumes batch s with dropout key fold_in(rng, s), so a
-  # resumed run replays exactly what an uninterrupted one would have done. The host
-  # never waits for a step it has dispatched except at a fetch: log, eval and
-  # checkpoint steps, a signal, the first step (compilation) and the last. Metrics
-  # stay on the device until then; the next batches are sharded on a background
-  # thread meanwhile (`_Prefetcher`).
+  say = (lambda *a: print(*a, flush=True)) if verbose and jax.process_index() == 0 \
+      else (lambda *a: None)
+  setup = _setup(model_config, config, eval_data_fn is not None, init_params, prompt_ids, say)
+  ckpt, state, rng, start, restored = _restore_or_init(
+      model_config, config, setup, init_params, base_checkpoint, base_step, say)
+  meter = _Meter(model_config, config, setup.mesh.devices.size, say)
+  data, saved_data = _input(config, data_fn, setup, ckpt, start, restored, say)
   writer = MetricsWriter(config.run_dir, config.num_steps, config.tensorboard,
                          console=verbose, active=jax.process_index() == 0)
   signals = _SignalFlag(config.handle_signals)
-  history, stopped, step = [], "done", start
-  rows_wanted = config.batch_size // jax.process_count()
+  hooks = _hooks(config, setup, ckpt, writer, signals, saved_data, eval_data_fn, eval_hook,
+                 say)
 
-  def make_batch(local):
-    rows = np.shape(local["encoder_input_tokens"])[0]
-    if rows != rows_wanted:
-      raise UsageError(f"data_fn gave {rows} rows on each of {jax.process_count()} "
-                       f"process(es); batch_size={config.batch_size} needs "
-                       f"{rows_wanted} per process.")
-    return partitioning.global_batch(local, mesh, rule_set)
-
-  source = data_fn(start) if start < config.num_steps else iter(())
-  data = _Prefetcher(source, make_batch, config.prefetch)
-  saved_data = data if checkpoints.checkpointable(source) else None  # saved with each step
-  if restored is not None and saved_data is not None and start < config.num_steps:
-    if ckpt.restore_data(start, data):
-      say(f"Input pipeline continues from its position saved at step {start} (no replay).")
-    else:
-      say(f"Input pipeline: no position saved with step {start} for {jax.process_count()} "
-          f"process(es); replaying {start} batches to get there.")
-  patience = config.checkpoint.early_stopping_patience
-  multi = jax.process_count() > 1
-  sync_every = config.sync_every or config.log_every
-  pending = []  # (step, device metrics) not fetched yet
-  step_flops, lengths, timer = None, None, None  # timer: (time, step) of the last fetch
+  # Step s consumes batch s with dropout key fold_in(rng, s), so a resumed run replays
+  # exactly what an uninterrupted one would have done. The host waits for a dispatched
+  # step only at a fetch (`_due`: log, eval and checkpoint steps, a signal, the first
+  # step and the last); metrics stay on the device until then, and the next batches
+  # are sharded on the prefetcher's thread meanwhile.
+  history, stopped, step, pending = [], "done", start, []
   try:
-    while step < config.num_steps:
+    while step < config.num_steps and stopped == "done":
       batch = data.next(step)
-      if step_flops is None:
-        lengths = (batch["encoder_input_tokens"].shape[1], batch["decoder_input_tokens"].shape[1])
-        step_flops = flops.train_step_flops(model_config, config.batch_size, *lengths)
+      meter.see(batch)
       # The first call compiles (or loads from the compile cache): say what that cost.
       with compilation.watch() if step == start else contextlib.nullcontext() as compile_step:
-        state, metrics = compiled.train_step(state, batch, jax.random.fold_in(base_rng, step))
+        state, metrics = setup.compiled.train_step(state, batch, jax.random.fold_in(rng, step))
       if compile_step is not None:
         say(compile_step.describe("the train step"))
       step += 1
       pending.append((step, metrics))
-
-      evaluating = bool(config.eval_every) and step % config.eval_every == 0
-      logging = step % config.log_every == 0 or step in (1, config.num_steps) or evaluating
-      saving = ckpt.should_save(step)
-      syncing = multi and (step % sync_every == 0 or saving or step == config.num_steps)
-      signalled = not multi and signals.received is not None
-      if not (logging or saving or syncing or signalled or step == start + 1):
+      due = _due(config, ckpt, signals, step, start)
+      if due is None:
         continue
-
-      # A fetch: waits for the last dispatched step. Per-step metrics come back
-      # together; timing is the wall time since the last fetch over its steps.
-      fetched = jax.device_get([m for _, m in pending])
-      now = time.perf_counter()
-      hosts = [{"step": s, **{k: float(v) for k, v in m.items()}}
-               for (s, _), m in zip(pending, fetched)]
-      if timer is not None:  # the first fetch of a process includes compilation
-        elapsed = (now - timer[0]) / (step - timer[1])
-        # tokens_per_s counts every encoder + decoder position (what the FLOPs
-        # count); target_tokens_per_s only the real (loss-weighted) targets.
-        for h in hosts:
-          h.update(step_time=elapsed, seq_per_s=config.batch_size / elapsed,
-                   tokens_per_s=config.batch_size * sum(lengths) / elapsed,
-                   target_tokens_per_s=h["num_tokens"] / elapsed,
-                   mfu=flops.mfu(step_flops, elapsed, mesh.devices.size, peak))
-      history.extend(hosts)
+      fetch = _Fetch(step, state, rng, meter.fetch(pending, step), **due)
+      history.extend(fetch.hosts)
       pending = []
-
-      bad = [h["step"] - 1 for h in hosts if not h["finite"]]
-      if bad and config.on_nonfinite == "stop":
-        stopped = "nonfinite"
-        first = next(h for h in hosts if not h["finite"])
-        say(f"Non-finite loss ({first['loss']}) or grad norm ({first['grad_norm']}) at step "
-            f"{bad[0]} (the update from batch {bad[0]}); stopping at step {step}. The last "
-            f"good checkpoint is step {ckpt.latest_step()}.")
-        break
-      for s in bad:
-        say(f"Non-finite loss at step {s}: update skipped.")
-
-      eval_metrics = {}
-      if evaluating:
-        if eval_data_fn:
-          eval_metrics = evaluate(compiled, full_params(state), eval_data_fn(), mesh, rule_set)
-        if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
-          eval_metrics.update(eval_hook(step, full_params(state)))
-      # Step 1 too: the starting loss, against which the curve is read.
-      if logging:
-        interval = [h for h in hosts if "step_time" in h] or hosts
-        writer.write(step, {**_interval_summary(interval), **eval_metrics})
-      if saving or eval_metrics and config.checkpoint.best_metric:
-        ckpt.save(step, {"state": state, "rng": base_rng}, eval_metrics or None, data=saved_data)
-      best = ckpt.best if ckpt.best and ckpt.best["metric"] == config.checkpoint.best_metric \
-          else None
-      if evaluating and patience and best and (step - best["step"]) // config.eval_every >= patience:
-        stopped = "early_stopped"
-        ckpt.save(step, {"state": state, "rng": base_rng}, data=saved_data)
-        say(f"Early stopping at step {step}: {patience} evals without a better "
-            f"{ckpt.best['metric']} than {ckpt.best['value']:.6g} (step {ckpt.best['step']}).")
-        break
-      if (signalled or syncing) and _any_process(signals.received is not None):
-        stopped = "preempted"
-        ckpt.save(step, {"state": state, "rng": base_rng}, data=saved_data)
-        ckpt.wait()
-        say(f"Received {signals.received or 'a signal on another process'}: saved step {step} "
-            f"to {config.run_dir}; exiting. Rerun the same command to resume.")
-        break
-      timer = (time.perf_counter(), step)  # eval and checkpoint time are not step time
+      stopped = next(filter(None, (hook(fetch) for hook in hooks)), "done")
+      meter.restart(step)
     if stopped == "done" and step == config.num_steps and step > start:
-      ckpt.save(step, {"state": state, "rng": base_rng}, data=saved_data)
+      ckpt.save(step, {"state": state, "rng": rng}, data=saved_data)
   finally:
     data.close()
     signals.restore()
     ckpt.close()
     writer.close()
   return TrainResult(state=state, step=step, history=history, stopped=stopped,
-                     frozen=compiled.frozen)
+                     frozen=setup.compiled.frozen)
 
 
 def evaluate(compiled, params, batches: Iterator[dict], mesh, rule_set) -> dict:
