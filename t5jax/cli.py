@@ -61,8 +61,8 @@ def cmd_convert(args) -> int:
   config, params = load_checkpoint(args.src, format=args.source_format, step=args.step,
                                    adapter=args.adapter, **_parse_overrides(args.set))
   if args.to == "peft":  # the adapter alone, as an HF PEFT folder
-    from t5jax import peft
-    peft.save_peft_adapter(args.dst, config, params, base_model=os.path.abspath(args.src))
+    from t5jax.conversion import peft_hf
+    peft_hf.save_peft_adapter(args.dst, config, params, base_model=os.path.abspath(args.src))
     print(f"{args.src} -> {args.dst} (HF PEFT {config.adapter.method} adapter)")
     return 0
   if config.adapter is not None and (args.to == "hf" or config.adapter.method != "prompt"):
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--output", help="JSONL file to write")
       p.add_argument("--input_file", help="text (one input per line) or JSONL with 'inputs'")
       p.add_argument("--quantize", choices=["int8"],
-                     help="int8 weights and matmuls (DecodeConfig.quantize; see README)")
+                     help="int8 weights and matmuls (DecodeConfig.quantize; see docs/cli.md)")
     p.set_defaults(run=_gin_command(entry))
 
   p = sub.add_parser("tasks", help="list the tasks and mixtures DataConfig.task can name, "

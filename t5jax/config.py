@@ -28,6 +28,11 @@ MATMUL_PRECISIONS = ("highest", "high", "default", "tf32")
 SCANNED_LAYERS = "layers"
 
 
+# The fields that fix a model's parameter shapes and what they compute: two configs that
+# differ in one of them cannot share parameters (the others: dtype, dropout, layout...).
+ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers",
+                       "decoder_layers", "feed_forward_proj", "tie_word_embeddings",
+                       "relative_attention_num_buckets")
 ADAPTER_METHODS = ("lora", "ia3", "prompt", "norm")
 PROMPT_INITS = ("vocab", "text", "random")
 # The kernels LoRA / IA3 can target, by their t5jax names; HF's short names are aliases.

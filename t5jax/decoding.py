@@ -266,7 +266,7 @@ def prepare_params(params, config: T5Config, quantize: str | None = None) -> Dec
 
   quantize='int8': every matmul weight as int8 with per-output-channel scales, the
   activations quantised per row at each matmul (t5jax.quantize; what it costs in quality:
-  README "Decoding"). Activations, norms and the KV cache stay in config.dtype.
+  docs/cli.md, "Decoding in int8"). Activations, norms and the KV cache stay in config.dtype.
   """
   dtype = jnp.dtype(config.dtype)
   if not isinstance(params, DecodeParams):

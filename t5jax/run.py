@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from t5jax import trainer as trainer_lib
-from t5jax.config import T5Config, get_config
+from t5jax.config import ARCHITECTURE_FIELDS, T5Config, get_config
 from t5jax.decoding import DecodeConfig
 from t5jax.errors import UsageError
 from t5jax.model import prompt_length, unscan_params
@@ -377,11 +377,6 @@ def batches(data: DataConfig, task: str, split: str, batch_size: int, *, start_s
       data_dir=data.data_dir, prompt_slots=prompt_slots)
 
 
-_ARCHITECTURE = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers",
-                 "decoder_layers", "feed_forward_proj", "tie_word_embeddings",
-                 "relative_attention_num_buckets")
-
-
 def load_params(path: str, model: T5Config | None = None, step: int | str | None = None):
   """(config, params) from a run directory or any checkpoint format; checks it fits `model`.
 
@@ -400,7 +395,7 @@ def _load_params_step(path: str, model: T5Config | None, step: int | str | None)
   config, params, info = load_checkpoint_step(
       path, step=step, scan_layers=bool(model and model.scan_layers))
   if model is not None:
-    diff = {k: (getattr(config, k), getattr(model, k)) for k in _ARCHITECTURE
+    diff = {k: (getattr(config, k), getattr(model, k)) for k in ARCHITECTURE_FIELDS
             if getattr(config, k) != getattr(model, k)}
     if diff:
       raise UsageError(f"Checkpoint {path} does not fit the configured model: " + ", ".join(

@@ -21,7 +21,7 @@ import transformers
 from hf_reference import batch, hf_model
 from t5jax import peft as t5peft
 from t5jax.cli import main
-from t5jax.conversion import load_checkpoint
+from t5jax.conversion import load_checkpoint, peft_hf
 from t5jax.decoding import DecodeConfig, decode
 from t5jax.errors import UsageError
 from t5jax.model import T5
@@ -117,7 +117,7 @@ def test_peft_adapter_gives_peft_logits_and_exports_back(method, head, folders, 
     np.testing.assert_array_equal(tokens[0, 0, :len(want)], want)
 
   # Export -> PEFT load gives the same logits.
-  t5peft.save_peft_adapter(str(tmp_path / "export"), config, params)
+  peft_hf.save_peft_adapter(str(tmp_path / "export"), config, params)
   reloaded = peft.PeftModel.from_pretrained(
       transformers.T5ForConditionalGeneration.from_pretrained(base), str(tmp_path / "export"))
   assert close(peft_logits(reloaded.eval(), enc, dec), logits)
@@ -242,7 +242,7 @@ def test_finetune_a_peft_default_prompt_adapter_and_export_it(folders, tmp_path)
                          params["encoder"]["prompt_embedding"])
   np.testing.assert_array_equal(tuned["decoder"]["prompt_embedding"],
                                 params["decoder"]["prompt_embedding"])
-  t5peft.save_peft_adapter(str(tmp_path / "export"), config, tuned)
+  peft_hf.save_peft_adapter(str(tmp_path / "export"), config, tuned)
   reloaded = peft.PeftModel.from_pretrained(
       transformers.T5ForConditionalGeneration.from_pretrained(base), str(tmp_path / "export"))
   assert reloaded.peft_config["default"].num_transformer_submodules == 2

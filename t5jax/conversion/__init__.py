@@ -22,7 +22,9 @@ import json
 import os
 import re
 
-from t5jax.config import T5Config
+import numpy as np
+
+from t5jax.config import ARCHITECTURE_FIELDS, T5Config
 from t5jax.conversion import hf, t5x
 from t5jax.errors import MissingFileError, UsageError
 
@@ -95,9 +97,9 @@ def load_checkpoint_step(path: str, format: str | None = None, step: int | str |
   else:
     config, params = _load(path, format, overrides)
   if adapter is not None:
-    from t5jax import peft
+    from t5jax.conversion import peft_hf
     from t5jax.model import unscan_params
-    config, params = peft.load_peft_adapter(adapter, *unscan_params(config, params))
+    config, params = peft_hf.load_peft_adapter(adapter, *unscan_params(config, params))
   if scan is not None:
     from t5jax.model import scan_params, unscan_params  # heavier imports: only when asked
     config, params = (scan_params if scan else unscan_params)(config, params)
@@ -314,7 +316,7 @@ def _read_run_step(run_dir: str, step: int) -> tuple[T5Config, dict]:
     raise _Unreadable(why if where in why else f"{where}: {why}") from e
   if config.adapter is not None:  # an adapter run: its checkpoints hold the adapter only
     from t5jax import peft
-    params = peft.combine(peft.load_base(run_dir, config), params)
+    params = peft.combine(load_base(run_dir, config), params)
   check_tree(params, config, f"{run_dir} step {step}")
   return config, params
 
@@ -368,3 +370,31 @@ def save_checkpoint(path: str, config: T5Config, params: dict, format: str = "hf
     save_t5jax(path, config, params)
   else:
     raise UsageError(f"Cannot write format {format!r}: t5jax writes 'hf' and 't5jax'.")
+
+
+def load_base(run_dir: str, config: T5Config) -> dict:
+  """The base params an adapter run in `run_dir` was trained on (per base.json), in
+  `config`'s layer layout."""
+  from t5jax import peft
+  ref = peft.read_base_reference(run_dir)
+  if ref is None:
+    raise UsageError(f"{run_dir} holds adapter checkpoints ({config.adapter.method}) but no "
+                     f"{peft.BASE_FILE} naming their base checkpoint; it is written when training "
+                     "starts. Load the base with load_checkpoint(BASE, adapter=...) instead.")
+  base = peft.base_config(config)
+  if ref.get("checkpoint") is None:
+    import jax
+    from t5jax.model import init_params
+    init = jax.jit(lambda key: init_params(base, key))  # jitted: eager init is slow
+    return jax.tree.map(np.asarray, init(jax.random.PRNGKey(int(ref["seed"]))))
+  if not os.path.exists(ref["checkpoint"]):
+    raise MissingFileError(f"{run_dir}/{peft.BASE_FILE} names the base checkpoint "
+                           f"{ref['checkpoint']!r}, which does not exist any more.")
+  stored, params = load_checkpoint(ref["checkpoint"], step=ref.get("step"),
+                                   scan_layers=config.scan_layers)
+  changed = [f for f in ARCHITECTURE_FIELDS if getattr(stored, f) != getattr(base, f)]
+  if changed:
+    raise UsageError(f"The base checkpoint {ref['checkpoint']} of {run_dir} no longer fits its "
+                     f"adapter: {', '.join(changed)} differ.")
+  return peft.without_adapter_leaves(params)
+

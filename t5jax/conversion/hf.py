@@ -214,7 +214,7 @@ def save_hf(path: str, config: T5Config, params: dict) -> None:
   if config.adapter is not None:
     raise UsageError(f"An HF T5 checkpoint has no place for a {config.adapter.method} adapter: "
                      "merge it first (t5jax.peft.merge_adapter; `t5jax convert` does), or "
-                     "write the adapter alone (t5jax.peft.save_peft_adapter, --to peft).")
+                     "write the adapter alone (t5jax.conversion.peft_hf.save_peft_adapter, --to peft).")
   os.makedirs(path, exist_ok=True)
   hf_config = config
   if config.tie_word_embeddings and not config.scale_tied_logits:

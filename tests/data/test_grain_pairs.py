@@ -80,21 +80,13 @@ def test_rows_equal_the_seqio_pairs_task(spm, tmp_path):
     for key in ours:
       np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
 
-  def examples(batch):
-    """(inputs, targets) token tuples of each packed segment."""
-    out = []
-    for r in range(len(batch["encoder_input_tokens"])):
-      for seg in set(batch["encoder_segment_ids"][r]) - {0}:
-        pick = lambda k, s: tuple(batch[f"{k}_tokens"][r][batch[f"{s}_segment_ids"][r] == seg])
-        out.append((pick("encoder_input", "encoder"), pick("decoder_target", "decoder")))
-    return out
-
   cfg = dataclasses.replace(cfg, inputs_length=128, targets_length=64)
   lengths = {"inputs": 128, "targets": 64}
   packed = run.batches(cfg, "local_pairs", "train", 8, vocabulary=vocabulary)
   assert isinstance(packed.stream, gp.PairsStream)
   # Group 0 of the two shards is stream positions 0..255: the first epoch's permutation.
-  ours = sorted(e for shard in (0, 1) for e in examples(_stack(packed.stream.group_rows(shard, 0))))
+  ours = sorted(e for shard in (0, 1)
+              for e in _segments(_stack(packed.stream.group_rows(shard, 0))))
   theirs = sorted(e for b in zip(range(32), data.make_batch_iterator(
       "test_grain_pairs", split="train", sequence_length=lengths, batch_size=8, seed=0,
       pack=False, shuffle=False, process_index=0, process_count=1))
@@ -118,21 +110,13 @@ def test_packed_prompt_rows_in_both_pipelines(spm, tmp_path):
   vocabulary, _ = run.prepare_task(cfg)
   slots = tuple(prompt_slot_ids(4))
 
-  def examples(batch):
-    out = []
-    for r in range(len(batch["encoder_input_tokens"])):
-      for seg in set(batch["encoder_segment_ids"][r]) - {0}:
-        pick = lambda k, s: tuple(batch[f"{k}_tokens"][r][batch[f"{s}_segment_ids"][r] == seg])
-        out.append((pick("encoder_input", "encoder"), pick("decoder_target", "decoder")))
-    return out
-
   stream = run.batches(cfg, "local_pairs", "train", 8, vocabulary=vocabulary,
                        prompt_slots=4).stream
-  grain = sorted(e for shard in (0, 1) for e in examples(_stack(stream.group_rows(shard, 0))))
+  grain = sorted(e for shard in (0, 1) for e in _segments(_stack(stream.group_rows(shard, 0))))
   seqio_packed = sorted(e for b in zip(range(32), data.make_batch_iterator(
       "test_prompt_pairs", split="train", sequence_length={"inputs": 16, "targets": 6},
       batch_size=8, seed=0, pack=True, shuffle=False, repeat=False, process_index=0,
-      process_count=1, prompt_slots=4)) for e in examples(b[1]))
+      process_count=1, prompt_slots=4)) for e in _segments(b[1]))
   unpacked = sorted((slots + i, t) for b in zip(range(32), data.make_batch_iterator(
       "test_prompt_pairs", split="train", sequence_length={"inputs": 12, "targets": 6},
       batch_size=8, seed=0, pack=False, shuffle=False, process_index=0, process_count=1))
@@ -143,6 +127,16 @@ def test_packed_prompt_rows_in_both_pipelines(spm, tmp_path):
   batch = next(run.batches(cfg, "local_pairs", "train", 8, vocabulary=vocabulary, pack=False,
                            prompt_slots=4))
   assert batch["encoder_input_tokens"].min() >= 0
+
+
+def _segments(batch):
+  """(inputs, targets) token tuples of each packed segment of a batch."""
+  out = []
+  for r in range(len(batch["encoder_input_tokens"])):
+    for seg in set(batch["encoder_segment_ids"][r]) - {0}:
+      pick = lambda k, s: tuple(batch[f"{k}_tokens"][r][batch[f"{s}_segment_ids"][r] == seg])
+      out.append((pick("encoder_input", "encoder"), pick("decoder_target", "decoder")))
+  return out
 
 
 def _stack(rows):
