@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5jax.config import T5Config
-from t5jax import xla_cpu
+from t5jax import ops
 from t5jax.model import T5, init_cache, init_params, unscan_params
 from t5jax.errors import UsageError
 
@@ -130,11 +130,6 @@ def _model_step(model: T5, params, encoder_tokens, encoded):
   return step
 
 
-def argmax(x):
-  """jnp.argmax(x, -1). CPU path: `xla_cpu.first_argmax`."""
-  return xla_cpu.first_argmax(x) if xla_cpu.enabled() else jnp.argmax(x, axis=-1)
-
-
 def _process(log_probs, seqs, cur_len, cfg: DecodeConfig, eos_id: int):
   """seqs[:, :cur_len] is the start token plus the cur_len - 1 tokens made so far."""
   if cfg.min_decode_length:
@@ -162,7 +157,7 @@ def sample_loop(step, cache, batch: int, rng, cfg: DecodeConfig, *, eos_id=1, pa
     log_probs = _process(log_probs, seqs, t + 1, cfg, eos_id)
     rng, key = jax.random.split(rng)
     if greedy:
-      token = argmax(log_probs)
+      token = ops.argmax(log_probs)
     else:
       logits = top_k_top_p(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
       token = jax.random.categorical(key, logits, axis=-1)
@@ -252,7 +247,7 @@ class DecodeParams:
   """Params prepared for `decode` (`prepare_params`). Pass these in place of the plain
   params to prepare once for many `decode` calls (evaluation, inference). On the
   XLA-CPU path in bfloat16 the matmul weights are cast once and stored [out, in]
-  (`xla_cpu.store_out_in`; the cast and transpose cost about as much as several
+  (`ops.to_decode_layout`; the cast and transpose cost about as much as several
   decoding steps); elsewhere the tree is the params as they are."""
   tree: dict
   dtype: str = dataclasses.field(metadata=dict(static=True))
@@ -278,9 +273,7 @@ def prepare_params(params, config: T5Config, quantize: str | None = None) -> Dec
     if params.dtype != dtype.name:
       raise ValueError(f"these DecodeParams were prepared for dtype {params.dtype}, but the "
                        f"config says {dtype.name}: prepare them with this config.")
-    if params.out_in and not xla_cpu.enabled():
-      raise ValueError("these DecodeParams hold the XLA-CPU [out, in] weight layout, but the "
-                       f"CPU kernels are off ({xla_cpu.ENV}): prepare them again.")
+    ops.check_decode_layout(params.out_in)
     return params
   if quantize is not None:
     from t5jax import quantize as quantize_lib
@@ -292,14 +285,9 @@ def prepare_params(params, config: T5Config, quantize: str | None = None) -> Dec
                        f"{', '.join(map(repr, quantize_lib.QUANTIZE_MODES))}, or None.")
     tree = jax.jit(functools.partial(quantize_lib.quantize_params, mode=quantize))(params)
     return DecodeParams(tree, dtype.name, False, quantize)
-  out_in = _stores_out_in(config)
-  tree = xla_cpu.store_out_in(params, dtype) if out_in else params
+  out_in = ops.decode_layout(config.dtype, config.scan_layers)
+  tree = ops.to_decode_layout(params, dtype) if out_in else params
   return DecodeParams(tree, dtype.name, out_in)
-
-
-def _stores_out_in(config: T5Config) -> bool:
-  return (xla_cpu.bf16_kernels() and jnp.dtype(config.dtype) != jnp.float32
-          and not config.scan_layers)
 
 
 @functools.lru_cache(maxsize=16)
@@ -313,18 +301,17 @@ def _pad_after_eos(tokens, eos_id, pad_id):
 
 
 def _decode_jit(params: DecodeParams, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):
-  return _decode_compiled(params, encoder_tokens, rng, config, cfg, xla_cpu.enabled())
+  return _decode_compiled(params, encoder_tokens, rng, config, cfg, ops.cpu_path())
 
 
-@functools.partial(jax.jit, static_argnames=("config", "cfg", "cpu_kernels"))
+@functools.partial(jax.jit, static_argnames=("config", "cfg", "cpu_path"))
 def _decode_compiled(params: DecodeParams, encoder_tokens, rng, config: T5Config,
-                     cfg: DecodeConfig, cpu_kernels: bool):
-  del cpu_kernels  # a key of the jit cache: the path is read while tracing
+                     cfg: DecodeConfig, cpu_path: bool):
+  del cpu_path  # a key of the jit cache: the path is read while tracing
   if not params.out_in:
     return _decode(params.tree, encoder_tokens, rng, config, cfg)
-  with xla_cpu.kernels_stored_out_in():
-    return _decode(xla_cpu.restore_out_in(params.tree, _param_shapes(config)), encoder_tokens,
-                   rng, config, cfg)
+  with ops.decode_layout_scope(params.tree, _param_shapes(config)) as tree:
+    return _decode(tree, encoder_tokens, rng, config, cfg)
 
 
 def _decode(params, encoder_tokens, rng, config: T5Config, cfg: DecodeConfig):

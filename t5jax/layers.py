@@ -1,13 +1,13 @@
 """T5 building blocks in Flax Linen: norm, relative position bias, attention, MLP.
 
-Plain JAX/Flax, as T5X writes them; jax/flax/numpy, `t5jax.xla_cpu`, `t5jax.quantize`
-and `t5jax.rng` (dropout bits, the kernels' truncated normal) are imported here. Every
-dot takes the model's `precision` (T5Config.dot_precision). The few functions marked "CPU path" hand over to `t5jax.xla_cpu` when its
-switch (`T5JAX_CPU_KERNELS`, on by default on a CPU backend) is on: the same
-function written the way XLA-CPU runs fastest. Every parameter carries logical axis
-names (`'embed'`, `'heads'`, `'kv'`, `'mlp'`, `'vocab'`, `'relpos_buckets'`);
-`t5jax.partitioning` maps them to mesh axes. Parameter names follow T5X, so a
-T5X checkpoint maps onto this tree by reshaping alone.
+Plain JAX/Flax, as T5X writes them. Every matmul, the position-bias lookup, the
+embedding and the choice of fused attention go through `t5jax.ops`, the one module
+that knows about backends (the XLA-CPU path, int8 decoding weights); this file
+imports jax/flax/numpy, `t5jax.ops` and `t5jax.rng` (dropout bits, the kernels'
+truncated normal). Every dot takes the model's `precision` (T5Config.dot_precision).
+Every parameter carries logical axis names (`'embed'`, `'heads'`, `'kv'`, `'mlp'`,
+`'vocab'`, `'relpos_buckets'`); `t5jax.partitioning` maps them to mesh axes.
+Parameter names follow T5X, so a T5X checkpoint maps onto this tree by reshaping alone.
 """
 
 from __future__ import annotations
@@ -20,17 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax import quantize, xla_cpu
+from t5jax import ops
 from t5jax.rng import counter_bits, truncated_normal
-from t5jax.quantize import Int8Weight
 
 Array = jax.Array
 # Large negative instead of -inf: a fully masked row (a padding query) then gives a
 # uniform softmax rather than NaNs, and its output is ignored by the loss anyway.
 NEG_INF = -1e10
-# T5Config.dot_precision -> the precision every dot_general of the model is asked for.
-PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
-              "default": jax.lax.Precision.DEFAULT}
+
 
 
 def _param(module: nn.Module, name: str, init, shape, axes):
@@ -124,9 +121,9 @@ def adapt_output(module: nn.Module, name: str, x: Array, y: Array, in_shape, out
   a, b = _lora_params(module, name, in_shape, out_shape, in_axes, out_axes, adapter.rank)
   x = Dropout(adapter.dropout, name=f"{name}_lora_dropout")(x, module.deterministic)
   lead, fan_in, fan_out = x.shape[:x.ndim - len(in_shape)], a.shape[:-1], b.shape[1:]
-  low = matmul(x.reshape(*lead, int(np.prod(fan_in))), a.reshape(-1, adapter.rank),
+  low = ops.matmul(x.reshape(*lead, int(np.prod(fan_in))), a.reshape(-1, adapter.rank),
                module.dtype, precision=module.precision)
-  delta = matmul(low, b.reshape(adapter.rank, -1), module.dtype,
+  delta = ops.matmul(low, b.reshape(adapter.rank, -1), module.dtype,
                  precision=module.precision).reshape(*lead, *fan_out)
   return y + delta * jnp.asarray(adapter.scaling, delta.dtype)
 
@@ -215,64 +212,7 @@ class RelativePositionBias(nn.Module):
     one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
     # table[:, buckets] as a one-hot matmul (as T5X): cheaper than a gather on
     # accelerators, and it shards along heads.
-    precision = PRECISIONS[self.precision]
-    if xla_cpu.enabled():  # CPU path
-      return xla_cpu.position_bias(table, one_hot, precision)[None]
-    return jnp.einsum("hb,qkb->hqk", table, one_hot, precision=precision)[None]
-
-
-def add_shared_bias(scores: Array, bias: Array) -> Array:
-  """scores [B, H, Q, K] + bias [1, H, Q, K]: the position bias shared by the batch."""
-  if xla_cpu.enabled():  # CPU path
-    return xla_cpu.add_shared_bias(scores, bias)
-  return scores + bias
-
-
-def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None,
-           precision: str = "default") -> Array:
-  """jnp.einsum of `a` and `b` cast to `dtype`, the result in `out_dtype` (default `dtype`).
-
-  A float32 result (attention scores, logits) is asked of the dot itself with
-  `preferred_element_type`; a bfloat16 one is the plain bfloat16 dot, which
-  GPUs and TPUs accumulate in float32. Autodiff then gives the backward dots
-  bfloat16 cotangents, and `save_dots` remat sees every dot. `precision` (a
-  T5Config.dot_precision) is the dot's own, so its backward dots inherit it:
-  'highest' keeps a float32 model float32 where XLA:GPU would run TF32. CPU path.
-  """
-  if isinstance(b, Int8Weight):  # decoding with quantize='int8' (t5jax.quantize)
-    return quantize.einsum(spec, a, b, dtype if out_dtype is None else out_dtype)
-  if xla_cpu.enabled():
-    return xla_cpu.einsum(spec, a, b, dtype, out_dtype, PRECISIONS[precision])
-  dtype = jnp.dtype(dtype)
-  out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
-  preferred = jnp.float32 if out_dtype == jnp.float32 else dtype
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=preferred,
-                    precision=PRECISIONS[precision]).astype(out_dtype)
-
-
-def matmul(x: Array, kernel: Array, dtype, out_dtype=None, precision: str = "default") -> Array:
-  """x [..., K] @ kernel [K, N] in `dtype` (see `einsum`). CPU path."""
-  if isinstance(kernel, Int8Weight):
-    rows = quantize.einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel,
-                           dtype if out_dtype is None else out_dtype)
-    return rows.reshape(*x.shape[:-1], kernel.shape[-1])
-  if xla_cpu.enabled():
-    return xla_cpu.matmul(x, kernel, dtype, out_dtype, PRECISIONS[precision])
-  return einsum("...k,kn->...n", x, kernel, dtype, out_dtype, precision)
-
-
-def project_to_heads(x: Array, kernel: Array, dtype, precision: str = "default") -> Array:
-  """[B, L, E] x [E, H, D] -> [B, L, H, D]. CPU path."""
-  if xla_cpu.enabled() and not isinstance(kernel, Int8Weight):
-    return xla_cpu.project_to_heads(x, kernel, dtype, PRECISIONS[precision])
-  return einsum("ble,ehd->blhd", x, kernel, dtype, precision=precision)
-
-
-def project_from_heads(x: Array, kernel: Array, dtype, precision: str = "default") -> Array:
-  """[B, L, H, D] x [H, D, E] -> [B, L, E]. CPU path."""
-  if xla_cpu.enabled() and not isinstance(kernel, Int8Weight):
-    return xla_cpu.project_from_heads(x, kernel, dtype, PRECISIONS[precision])
-  return einsum("blhd,hde->ble", x, kernel, dtype, precision=precision)
+    return ops.position_bias(table, one_hot, self.precision)[None]
 
 
 def fused_attention(query: Array, key: Array, value: Array, mask: Array | None,
@@ -343,7 +283,7 @@ class MultiHeadAttention(nn.Module):
         wo = merged_kernel(self, "out", wo, 2, out_axes)
       return self._decode_attention(inputs_q, inputs_kv, mask, bias, decode_position,
                                     (wq, wk, wv, wo))
-    project = lambda x, w: project_to_heads(x, w, self.dtype, self.precision)
+    project = lambda x, w: ops.project_to_heads(x, w, self.dtype, self.precision)
     adapt = lambda name, x, y: adapt_output(self, name, x, y, (d_model,), (h, d), ("embed",),
                                             ("heads", "kv"))
 
@@ -354,23 +294,23 @@ class MultiHeadAttention(nn.Module):
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
-    if (not xla_cpu.enabled() and jnp.dtype(self.dtype).itemsize == 2
-        and (self.deterministic or self.dropout_rate == 0.0)):
+    if ops.fused_attention_applies(
+        self.dtype, not self.deterministic and self.dropout_rate > 0.0):
       out = fused_attention(query, key, value, mask, bias)
       return self._output(out, wo)
-    scores = einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32, self.precision)
+    scores = ops.einsum("bqhd,bkhd->bhqk", query, key, self.dtype, jnp.float32, self.precision)
     if bias is not None:
-      scores = add_shared_bias(scores, bias)
+      scores = ops.add_shared_bias(scores, bias)
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
     weights = Dropout(self.dropout_rate)(weights, self.deterministic)
-    out = einsum("bhqk,bkhd->bqhd", weights, value, self.dtype, precision=self.precision)
+    out = ops.einsum("bhqk,bkhd->bqhd", weights, value, self.dtype, precision=self.precision)
     return self._output(out, wo)
 
   def _output(self, out, wo):
     """The output projection [B, L, H, D] -> [B, L, E], with its adapter if targeted."""
-    y = project_from_heads(out, wo, self.dtype, self.precision)
+    y = ops.project_from_heads(out, wo, self.dtype, self.precision)
     if not self.targets:
       return y
     return adapt_output(self, "out", out, y, wo.shape[:2], wo.shape[2:], ("heads", "kv"),
@@ -392,7 +332,7 @@ class MultiHeadAttention(nn.Module):
     row. That reads the encoder's keys/values once per input rather than
     once per beam. `mask` may have either batch (or 1).
     """
-    wq, wk, wv, wo = (w if isinstance(w, Int8Weight) else w.astype(self.dtype)
+    wq, wk, wv, wo = (ops.cast_weight(w, self.dtype)
                       for w in weights)
     h, d = self.num_heads, self.d_kv
     heads_major = ("batch", "heads", "length", "kv")
@@ -400,7 +340,7 @@ class MultiHeadAttention(nn.Module):
     def project(x, w):  # heads-major after the plain matmul (an einsum straight to
       # heads-major made XLA-CPU transpose the weights on every step)
       return nn.with_logical_constraint(
-          jnp.swapaxes(project_to_heads(x, w, self.dtype, self.precision), 1, 2), heads_major)
+          jnp.swapaxes(ops.project_to_heads(x, w, self.dtype, self.precision), 1, 2), heads_major)
 
     query = project(inputs_q, wq)  # [Bq, H, Q, D]
     if self.cross:
@@ -441,16 +381,16 @@ class MultiHeadAttention(nn.Module):
       bias = None if bias is None else fold(to_rows(bias))
       if mask is not None and not (mask.shape[0] in (1, kv_rows) and mask.shape[2] == 1):
         mask = fold(to_rows(mask))  # else it broadcasts over the folded queries as it is
-    scores = einsum("bhqd,bhkd->bhqk", query, key, self.dtype, jnp.float32, self.precision)
+    scores = ops.einsum("bhqd,bhkd->bhqk", query, key, self.dtype, jnp.float32, self.precision)
     if bias is not None:
       scores = scores + bias
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = einsum("bhqk,bhkd->bhqd", probs, value, self.dtype, precision=self.precision)
+    out = ops.einsum("bhqk,bhkd->bhqd", probs, value, self.dtype, precision=self.precision)
     if groups > 1:  # [kv_rows, H, g * Q, D] -> [rows, H, Q, D]
       out = jnp.swapaxes(out.reshape(kv_rows, h, groups, q_len, d), 1, 2).reshape(rows, h, q_len, d)
-    return project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype, self.precision)
+    return ops.project_from_heads(jnp.swapaxes(out, 1, 2), wo, self.dtype, self.precision)
 
 
 # The activation of wi_0 in each gated feed-forward kind (T5Config.feed_forward_proj).
@@ -482,7 +422,7 @@ class MlpBlock(nn.Module):
 
     def up(name):
       kernel = _param(self, name, dense_init(0, 1), (d_model, self.d_ff), ("embed", "mlp"))
-      y = matmul(x, kernel, self.dtype, precision=self.precision)
+      y = ops.matmul(x, kernel, self.dtype, precision=self.precision)
       if self.targets:
         y = adapt_output(self, name, x, y, (d_model,), (self.d_ff,), ("embed",), ("mlp",))
       return y
@@ -498,9 +438,9 @@ class MlpBlock(nn.Module):
     hidden = Dropout(self.dropout_rate)(hidden, self.deterministic)
     wo = _param(self, "wo", dense_init(0, 1), (self.d_ff, d_model), ("mlp", "embed"))
     if not self.targets:
-      return matmul(hidden, wo, self.dtype, precision=self.precision)
+      return ops.matmul(hidden, wo, self.dtype, precision=self.precision)
     hidden = adapt_input(self, "wo", hidden, (self.d_ff,), ("mlp",))
-    y = matmul(hidden, wo, self.dtype, precision=self.precision)
+    y = ops.matmul(hidden, wo, self.dtype, precision=self.precision)
     if self.adapter.method == "ia3":
       return y
     return adapt_output(self, "wo", hidden, y, (self.d_ff,), (d_model,), ("mlp",), ("embed",))
@@ -519,22 +459,7 @@ class Embed(nn.Module):
                             (self.vocab_size, self.features), ("vocab", "embed"))
 
   def __call__(self, ids: Array) -> Array:
-    if isinstance(self.embedding, Int8Weight):
-      return quantize.take(self.embedding, ids, self.dtype)
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    return ops.take(self.embedding, ids, self.dtype)
 
   def attend(self, x: Array) -> Array:
-    if xla_cpu.enabled() and not isinstance(self.embedding, Int8Weight):  # CPU path
-      return xla_cpu.attend(x, self.embedding, self.dtype, PRECISIONS[self.precision])
-    return einsum("bld,vd->blv", x, self.embedding, self.dtype, jnp.float32, self.precision)
-
-
-@functools.lru_cache(maxsize=None)
-def remat_policy(name: str):
-  """`full`: save nothing inside a layer. `save_dots`: save every matmul output, the
-  dots jax sees plus the CPU path's bfloat16 matmuls (a custom VJP, which a
-  policy cannot look into, so they are saved by name)."""
-  policies = jax.checkpoint_policies
-  return {"full": None,
-          "save_dots": policies.save_from_both_policies(
-              policies.checkpoint_dots, policies.save_only_these_names(xla_cpu.DOT_NAME))}[name]
+    return ops.attend(x, self.embedding, self.dtype, self.precision)

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from t5jax.config import SCANNED_LAYERS, T5Config, layer_targets
 from t5jax.layers import (Dropout, Embed, MlpBlock, MultiHeadAttention, RMSNorm,
-                          RelativePositionBias, dense_init, matmul, remat_policy, _param)
+                          RelativePositionBias, dense_init, _param)
+from t5jax.ops import matmul, remat_policy
 from t5jax.rng import init_key
 
 Array = jax.Array

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5jax import xla_cpu
+from t5jax import ops
 from t5jax.config import SCANNED_LAYERS
 from t5jax.errors import UsageError
 
@@ -120,19 +120,12 @@ def make_optimizer(config: OptimizerConfig,
   the caller also logs, so that there is one."""
   schedule = schedule or make_schedule(config)
   if config.name == "adafactor":
-    if config.momentum is None and xla_cpu.enabled():  # CPU path: fused, same state tree
-      tx = xla_cpu.adafactor(
-          schedule, decay_rate=config.decay_rate,
-          min_dim_size_to_factor=config.min_dim_size_to_factor, epsilon1=config.epsilon1,
-          clipping_threshold=config.clipping_threshold,
-          multiply_by_parameter_scale=config.multiply_by_parameter_scale)
-    else:
-      tx = optax.adafactor(
-          learning_rate=schedule, min_dim_size_to_factor=config.min_dim_size_to_factor,
-          decay_rate=config.decay_rate,
-          multiply_by_parameter_scale=config.multiply_by_parameter_scale,
-          clipping_threshold=config.clipping_threshold, momentum=config.momentum,
-          eps=config.epsilon1, factored=True)
+    tx = ops.adafactor(
+        schedule, decay_rate=config.decay_rate,
+        min_dim_size_to_factor=config.min_dim_size_to_factor, epsilon1=config.epsilon1,
+        clipping_threshold=config.clipping_threshold,
+        multiply_by_parameter_scale=config.multiply_by_parameter_scale,
+        momentum=config.momentum)
     if config.multiply_by_parameter_scale and config.epsilon2 != 1e-3:
       raise UsageError("optax.adafactor fixes epsilon2 (the parameter-scale floor) at 1e-3.")
     if config.factor_heads_as_matrix:

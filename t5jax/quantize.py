@@ -6,7 +6,7 @@
 `quantize_params` replaces every matmul weight (attention query/key/value/out, the MLP
 kernels, the untied logits kernel, and the token embedding) by an `Int8Weight`: int8 values
 and a float32 scale per output channel (max |w| / 127 over the contracted axes). The layers'
-matmuls (`layers.einsum` and the functions built on it) see an `Int8Weight` and then quantise
+matmuls (`ops.einsum` and the functions built on it) see an `Int8Weight` and then quantise
 their activations too, per row with a dynamic scale (max |x| / 127 over the contracted
 axes), run an int8 x int8 dot accumulated in int32, and rescale the result to float32 by the
 two scales. Norm scales, the relative position biases, the KV cache and everything between

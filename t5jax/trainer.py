@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from t5jax import (checkpoints, compilation, flops, losses, optim, partitioning, peft,
-                   prefetch, train_step as steps, xla_cpu)
+                   ops, prefetch, train_step as steps)
 from t5jax.distributed import initialize_distributed  # noqa: F401 (re-exported)
 from t5jax.metrics import MetricsWriter
 from t5jax.model import init_params as model_init_params
@@ -295,7 +295,7 @@ def _setup(model_config, config: TrainConfig, evaluating: bool, init_params, pro
   if adapter:
     say(peft.describe_trainable(model_config, abstract.params,
                                 peft.count(abstract.params) + peft.count(frozen_abstract)))
-  say(f"Kernels: {xla_cpu.describe()}.")
+  say(f"Kernels: {ops.describe()}.")
   step_fn = steps.make_train_step(model_config, tx, config.loss, schedule, config.microbatches,
                                   skip_nonfinite=config.on_nonfinite == "skip")
   eval_fn = steps.make_eval_step(model_config, config.loss) if evaluating else None

@@ -50,7 +50,7 @@ except ImportError:  # a JAX that no longer exports it: jax's own error then
 Array = jax.Array
 ENV = "T5JAX_CPU_KERNELS"
 CHOICES = ("auto", "on", "off")
-# checkpoint_name of every CPU-path bfloat16 matmul output (see layers.remat_policy).
+# checkpoint_name of every CPU-path bfloat16 matmul output (see ops.remat_policy).
 DOT_NAME = "t5jax_dot"
 
 _FORCED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("t5jax_cpu_kernels",
@@ -148,7 +148,7 @@ def forced(on: bool):
 # weight gets an unrounded float32 gradient.
 
 def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None, precision=None) -> Array:
-  """`layers.einsum` on the CPU path (same function; `precision` a jax.lax.Precision,
+  """`ops.einsum` on the CPU path (same function; `precision` a jax.lax.Precision,
   which XLA-CPU ignores but keeps in the HLO: it matters if this path is forced on
   another backend, as the tests do)."""
   dtype = jnp.dtype(dtype)
@@ -156,7 +156,7 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=None, precision=None)
   if dtype == jnp.float32:
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
                       precision=precision).astype(out_dtype)
-  if not bf16_kernels():  # the standard path's dot (layers.einsum)
+  if not bf16_kernels():  # the standard path's dot (ops.einsum)
     preferred = jnp.float32 if out_dtype == jnp.float32 else dtype
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=preferred,
                       precision=precision).astype(out_dtype)
@@ -233,7 +233,7 @@ def kernels_stored_out_in():
 
 
 def matmul(x: Array, kernel: Array, dtype, out_dtype=None, precision=None) -> Array:
-  """`layers.matmul` on the CPU path: x [..., K] @ kernel [K, N]."""
+  """`ops.matmul` on the CPU path: x [..., K] @ kernel [K, N]."""
   if _KERNELS_OUT_IN.get():  # a 2-D dot: XLA keeps [N, K] for those, but canonicalises
     # a [..., K] x [N, K] dot by copying the weight to [K, N]
     y = einsum("mk,nk->mn", x.reshape(-1, x.shape[-1]), kernel.T, dtype, out_dtype, precision)

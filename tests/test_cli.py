@@ -66,19 +66,25 @@ def test_convert_missing_source(tmp_path, capsys):
 
 def test_entry_points_reexec_once_with_hugepage_malloc():
   """`python -m t5jax` (and the console script) re-exec once with glibc's THP tunable,
-  appended to any tunables the user set; T5JAX_NO_HUGEPAGES=1 turns it off."""
+  appended to any tunables the user set; T5JAX_NO_HUGEPAGES=1 turns it off, and so does
+  a process bound for an accelerator or the standard path (it is XLA-CPU's trick)."""
   import platform
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
     return  # a no-op there by design
   code = ("import os; from t5jax.hugepages import reexec_with_hugepage_malloc; "
           "reexec_with_hugepage_malloc(); print(os.environ.get('GLIBC_TUNABLES'))")
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "T5JAX_NO_HUGEPAGES")}
+  base = {k: v for k, v in os.environ.items()
+          if k not in ("GLIBC_TUNABLES", "T5JAX_NO_HUGEPAGES", "T5JAX_CPU_KERNELS")}
+  base["JAX_PLATFORMS"] = "cpu"
   run = lambda **env: subprocess.run([sys.executable, "-c", code], check=True, text=True,
                                      capture_output=True, env={**base, **env}).stdout
   assert run() == "glibc.malloc.hugetlb=1\n"  # printed once: by the re-executed process
   assert run(GLIBC_TUNABLES="glibc.malloc.check=0") == \
       "glibc.malloc.check=0:glibc.malloc.hugetlb=1\n"
   assert run(T5JAX_NO_HUGEPAGES="1") == "None\n"
+  assert run(JAX_PLATFORMS="cuda") == "None\n"
+  assert run(JAX_PLATFORMS="tpu,cpu") == "None\n"
+  assert run(T5JAX_CPU_KERNELS="off") == "None\n"
   out = subprocess.run([sys.executable, "-m", "t5jax", "params", "tiny"], check=True,
                        text=True, capture_output=True).stdout
   assert out.startswith("tiny")

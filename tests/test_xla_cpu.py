@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from t5jax import layers, losses, optim, xla_cpu
+from t5jax import losses, ops, optim, xla_cpu
 from t5jax import train_step as ts
 from t5jax.benchmark import synthetic_batch
 from t5jax.config import T5Config, get_config
@@ -75,12 +75,11 @@ def test_auto_runs_the_bfloat16_kernels_only_where_the_cpu_multiplies_bfloat16(m
   """auto: the bfloat16 einsum kernel (a custom VJP) and [out, in] decoding weights where
   the CPU has AMX-BF16 or AVX512-BF16; elsewhere the standard dot, the other CPU kernels
   still on. `on` runs them on any CPU."""
-  from t5jax import decoding
   config = get_config("tiny", dtype="bfloat16")
 
   def kernel_in_grad():
-    grad = jax.grad(lambda a, b: jnp.sum(layers.einsum("mk,kn->mn", a, b, jnp.bfloat16,
-                                                       jnp.float32)))
+    grad = jax.grad(lambda a, b: jnp.sum(ops.einsum("mk,kn->mn", a, b, jnp.bfloat16,
+                                                    jnp.float32)))
     return "custom_vjp" in str(jax.make_jaxpr(grad)(jnp.ones((4, 8)), jnp.ones((8, 16))))
 
   monkeypatch.setenv(xla_cpu.ENV, "auto")
@@ -90,7 +89,7 @@ def test_auto_runs_the_bfloat16_kernels_only_where_the_cpu_multiplies_bfloat16(m
     monkeypatch.setattr(xla_cpu, "cpu_flags", lambda f=flags: f)
     assert xla_cpu.enabled() and xla_cpu.bf16_kernels() == expected, flags
     assert kernel_in_grad() == expected
-    assert decoding._stores_out_in(config) == expected
+    assert ops.decode_layout(config.dtype, config.scan_layers) == expected
     assert ("bfloat16 kernels on" if expected else "bfloat16 kernels off") in xla_cpu.describe()
   monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx2"}))
   monkeypatch.setenv(xla_cpu.ENV, "on")
