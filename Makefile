@@ -21,6 +21,7 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check --no-cache
 	$(BIN)/python -m pytest -q tests
 
 # The embedded default: offline span-corruption pretraining on CPU (a few minutes).

@@ -32,7 +32,7 @@ def quiet_gin_search() -> None:
 def data_config(name: str):
   """The DataConfig that experiments/ablations/<name>.gin binds."""
   import gin
-  from t5jax import gin_setup, run
+  from t5jax import gin_setup, run  # noqa: F401 (registers the gin configurables)
   gin.clear_config()
   gin_setup.parse([f"ablations/{name}.gin"], ["RUN_DIR = '/tmp/check_lengths'"],
                   search_paths=[HERE])

@@ -6,7 +6,8 @@
     # a few configs, another scale:
     .venv/bin/python experiments/run_ablations.py --configs rate_10,rate_50 --steps 1000 --batch_size 32
     # smoke (seconds per config): 2 steps, batch 8, the tiny preset
-    .venv/bin/python experiments/run_ablations.py --configs span_2,span_5 --smoke --no_downstream --out /tmp/smoke
+    .venv/bin/python experiments/run_ablations.py --configs span_2,span_5 --smoke --no_downstream \
+        --out /tmp/smoke
 
 Each config is experiments/ablations/<name>.gin, trained by the real entry
 point (`t5jax train`, called in-process through t5jax.cli.main so the corpus

@@ -9,8 +9,12 @@
       ckpt.save(step, {"state": state, "rng": rng}, data=data)  # async if configured
     ckpt.close()  # waits for pending saves
 
-Layout: run_dir/model_config.json (the T5Config, checked on every start) and
-run_dir/checkpoints/<step>/{state, meta, data}. Orbax writes each step into a
+Layout (this module owns the run directory's format, and is the only writer of
+these files): run_dir/model_config.json (the T5Config, checked on every start),
+best.json (the best checkpoints by an eval metric; `read_best`), base.json (an
+adapter run's base; `write_base_reference`), shardings.txt, and
+run_dir/checkpoints/<step>/{state, meta, data}. t5jax.conversion reads a run
+directory through these functions. Orbax writes each step into a
 temporary directory and renames it when complete, so an interrupted save
 (kill -9, preemption) leaves a tmp directory that `all_steps()` ignores,
 never a half-written <step>; a <step> that still fails to restore (disk
@@ -37,10 +41,17 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from t5jax.conversion import BEST_FILE, read_best  # noqa: F401 (one best.json reader)
 from t5jax.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+# The run directory's files besides checkpoints/<step>/ (this module owns them all):
+MODEL_CONFIG_FILE = "model_config.json"  # the T5Config, checked on every start
+# {step, metric, value, mode, ranked}: the best checkpoint by an eval metric; ranked lists
+# every evaluated checkpoint ({step, value}) best first.
+BEST_FILE = "best.json"
+# An adapter run's base: {checkpoint (absolute path, None: the seed's random init), seed, step}.
+BASE_FILE = "base.json"
 SHARDINGS_FILE = "shardings.txt"  # each parameter's sharding, written at start-up
 
 
@@ -102,7 +113,7 @@ def _architecture_diff(stored: dict, current: dict) -> dict:
 
 def stored_model_config(run_dir: str) -> dict | None:
   """run_dir/model_config.json as a dict; None if there is none."""
-  path = os.path.join(run_dir, "model_config.json")
+  path = os.path.join(run_dir, MODEL_CONFIG_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -116,11 +127,63 @@ def _write_json(path: str, value: dict) -> None:
   os.replace(tmp, path)  # atomic: never a half-written file
 
 
+def write_base_reference(run_dir: str, checkpoint: str | None, seed: int,
+                         step: int | None = None) -> None:
+  """run_dir/base.json: the base an adapter run trains on (None: the seed's random init)."""
+  os.makedirs(run_dir, exist_ok=True)
+  _write_json(os.path.join(run_dir, BASE_FILE),
+              {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+               "seed": int(seed), "step": step})
+
+
+def read_base_reference(run_dir: str) -> dict | None:
+  """run_dir/base.json (see write_base_reference), or None if the run has none."""
+  path = os.path.join(run_dir, BASE_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_steps(run_dir: str) -> list[int]:
+  """The complete checkpoint steps of a run directory, oldest first."""
+  root = os.path.join(run_dir, "checkpoints")
+  # Only finished steps: orbax writes into a temporary folder and renames it.
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def ranked_steps(best: dict | None) -> list[dict]:
+  """best.json's evaluated checkpoints ({step, value}), best first; a best.json written
+  before `ranked` existed gives its one best step."""
+  if not best:
+    return []
+  if best.get("ranked"):
+    return [{"step": int(r["step"]), "value": float(r["value"])} for r in best["ranked"]]
+  return [{"step": int(best["step"]), "value": float(best.get("value", float("nan")))}]
+
+
+def read_best(run_dir: str) -> dict | None:
+  """run_dir/best.json: {step, metric, value, mode, ranked} (ranked: every evaluated
+  checkpoint, best first), or None if the run has none; one that is not such a record is
+  a UsageError saying how to go on."""
+  path = os.path.join(run_dir, BEST_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      best = json.load(f)
+    int(best["step"])
+    return best
+  except (ValueError, KeyError, TypeError) as e:
+    raise UsageError(f"{path} is not a best-checkpoint record ({type(e).__name__}: {e}); "
+                     "delete it, or pass --step=latest or a step number.") from None
+
+
 def check_model_config(run_dir: str, config) -> dict:
   """Writes run_dir/model_config.json on a fresh run; on a resume refuses a
   different architecture and returns {field: (stored, now)} of the
   parameter-free fields that changed (the file is then updated to `config`)."""
-  path = os.path.join(run_dir, "model_config.json")
+  path = os.path.join(run_dir, MODEL_CONFIG_FILE)
   current = config_to_json(config)
   stored = stored_model_config(run_dir)
   changed = {}

@@ -124,11 +124,11 @@ def _gin_command(name: str):
 
 
 def cmd_tasks(args) -> int:
-  from t5jax import run
+  from t5jax.data import inputs
   where = args.data_dir or "~/tensorflow_datasets"
   if args.data_dir and not os.path.isdir(args.data_dir):
     raise UsageError(f"--data_dir={args.data_dir!r} is not a folder.")
-  entries = run.list_tasks(args.data_dir)
+  entries = inputs.list_tasks(args.data_dir)
   width = max(len(e["name"]) for e in entries)
   print(f"Tasks and mixtures for DataConfig.task (sizes: TFDS data in {where}):")
   for e in entries:
@@ -138,7 +138,7 @@ def cmd_tasks(args) -> int:
     else:
       sizes = e["splits"]
       if all(n is None for n in sizes.values()):
-        why = ("counted when tokenised" if e["name"] in run.CORPUS_TASKS
+        why = ("counted when tokenised" if e["name"] in inputs.CORPUS_TASKS
                else f"not prepared in {where}")
         detail = f"{', '.join(sizes)}: size unknown ({why})"
       else:

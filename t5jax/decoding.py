@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from t5jax.config import T5Config
 from t5jax import ops
@@ -337,7 +336,8 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   """Decodes a batch of (padded) encoder inputs; see DecodeConfig for the options.
 
   `params`: the model's params (a scanned model's are unscanned here: the cache is
-  per layer), or `prepare_params(params, config)` made once for many calls. With a `mesh` (t5jax.partitioning.make_mesh), params and
+  per layer), or `prepare_params(params, config)` made once for many calls. With a `mesh`
+  (t5jax.partitioning.make_mesh), params and
   inputs are sharded as in training (rule set `rules`) and the decode loop runs
   under the mesh: rows over the data axis, heads / mlp / vocab over the model axis.
   `quantize='int8'`: int8 weights and matmuls (`prepare_params`), on one device or a mesh.
@@ -356,7 +356,8 @@ def decode(params, config: T5Config, encoder_input_tokens, cfg: DecodeConfig = D
   if mesh is None:
     return _decode_jit(prepare_params(params, config, quantize), tokens, rng, config, cfg)
   if isinstance(params, DecodeParams):
-    if params.out_in or params.quantize:  # sharded by the logical shapes; the [out, in] layout is for one device
+    # sharded by the logical shapes; the [out, in] layout is for one device
+    if params.out_in or params.quantize:
       raise ValueError("decode(mesh=...) takes the plain params, not prepare_params' "
                        f"{params.dtype} layout: pass the params you prepared from.")
     params = params.tree

@@ -25,25 +25,20 @@ or run the model.
 
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
 
 from t5jax.config import AdapterConfig, T5Config
-from t5jax.conversion.tree import flatten, unflatten
+from t5jax.trees import flatten, unflatten
 from t5jax.errors import UsageError
 
 __all__ = ["AdapterConfig", "is_trainable", "split", "combine", "base_config", "init_adapter",
-           "count", "describe_trainable", "merge_adapter", "merge", "BASE_FILE",
-           "write_base_reference", "read_base_reference"]
+           "count", "describe_trainable", "merge_adapter", "merge"]
 
 ADAPTER_SUFFIXES = ("_lora_a", "_lora_b", "_ia3")
 PROMPT_LEAF = "prompt_embedding"
 # Input axes of each kernel (the rest are its output axes).
 IN_DIMS = {"query": 1, "key": 1, "value": 1, "out": 2, "wi": 1, "wi_0": 1, "wi_1": 1, "wo": 1}
-# A run directory's reference to the base checkpoint its adapter was trained on.
-BASE_FILE = "base.json"
 
 
 def _names(path) -> tuple[str, ...]:
@@ -215,25 +210,3 @@ merge = merge_adapter  # the short name
 
 # ----------------------------------------------------------------------------
 # HF PEFT adapter folders.
-
-# ----------------------------------------------------------------------------
-# A run's base checkpoint.
-
-def write_base_reference(run_dir: str, checkpoint: str | None, seed: int,
-                         step: int | None = None) -> None:
-  """run_dir/base.json: the base an adapter run trains on (None: the seed's random init)."""
-  record = {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "seed": int(seed),
-            "step": step}
-  os.makedirs(run_dir, exist_ok=True)
-  tmp = os.path.join(run_dir, BASE_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(run_dir, BASE_FILE))
-
-
-def read_base_reference(run_dir: str) -> dict | None:
-  path = os.path.join(run_dir, BASE_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)

@@ -241,7 +241,7 @@ def _adapter_start(model_config, init_params, seed: int, frozen_sh, prompt_ids):
   the plain model); the trainable leaves are the adapter leaves `init_params`
   already holds (an imported PEFT adapter), else `peft.init_adapter`'s.
   """
-  from t5jax.conversion.tree import check_tree
+  from t5jax.trees import check_tree
   base_config = peft.base_config(model_config)
   if init_params is None:
     init = jax.jit(lambda key: model_init_params(base_config, key))
@@ -350,11 +350,11 @@ def _restore_or_init(model_config, config: TrainConfig, setup: _Setup, init_para
     return {"state": _abstract_with_shardings(old_abstract, old_sh), "rng": abstract_rng}
 
   start, restored, meta = ckpt.restore_latest(abstract_for)
-  base_ref = peft.read_base_reference(config.run_dir) if adapter else None
+  base_ref = checkpoints.read_base_reference(config.run_dir) if adapter else None
   if restored is not None and base_ref and base_ref.get("checkpoint") and init_params is None:
     raise UsageError(
         f"{config.run_dir} trains a {model_config.adapter.method} adapter on the base "
-        f"{base_ref['checkpoint']} (its {peft.BASE_FILE}), but no base was given to resume "
+        f"{base_ref['checkpoint']} (its {checkpoints.BASE_FILE}), but no base was given to resume "
         f"with: pass the same init_checkpoint (train.init_checkpoint = "
         f"{base_ref['checkpoint']!r}).")
   if restored is not None:
@@ -374,7 +374,7 @@ def _restore_or_init(model_config, config: TrainConfig, setup: _Setup, init_para
   say(compile_init.describe("the state's init"))
   say("Fresh start" + (" from the given params." if init_params is not None else "."))
   if adapter and jax.process_index() == 0:
-    peft.write_base_reference(config.run_dir, base_checkpoint, config.seed, base_step)
+    checkpoints.write_base_reference(config.run_dir, base_checkpoint, config.seed, base_step)
   return ckpt, state, jax.device_put(base_rng, rng_sh), 0, False
 
 
@@ -493,7 +493,7 @@ def _hooks(config: TrainConfig, setup: _Setup, ckpt, writer, signals, saved_data
       return
     params = setup.full_params(f.state)
     if eval_data_fn:
-      f.eval_metrics.update(evaluate(setup.compiled, params, eval_data_fn(), setup.mesh,
+      f.eval_metrics.update(evaluate(setup.compiled.eval_step, params, eval_data_fn(), setup.mesh,
                                      setup.rule_set))
     if eval_hook:  # e.g. decode + task metrics (t5jax.run); returns host floats
       f.eval_metrics.update(eval_hook(f.step, params))
@@ -596,12 +596,16 @@ def train(model_config, config: TrainConfig, data_fn: DataFn, *,
                      frozen=setup.compiled.frozen)
 
 
-def evaluate(compiled, params, batches: Iterator[dict], mesh, rule_set) -> dict:
-  """Token-weighted loss/accuracy over every batch of an eval iterator."""
+def evaluate(eval_step, params, batches: Iterator[dict], mesh=None, rule_set=None) -> dict:
+  """Token-weighted loss/accuracy over every batch of an eval iterator: the one evaluation
+  of a training run and of `t5jax eval` (t5jax.scoring.teacher_forced_metrics).
+
+  eval_step(params, batch) -> loss sums (train_step.make_eval_step, jitted); with a `mesh`
+  each process's rows are made one global batch first."""
   total = None
   for local in batches:
-    stats = jax.device_get(compiled.eval_step(params, partitioning.global_batch(
-        local, mesh, rule_set)))
+    batch = local if mesh is None else partitioning.global_batch(local, mesh, rule_set)
+    stats = jax.device_get(eval_step(params, batch))
     total = stats if total is None else jax.tree.map(np.add, total, stats)
   if total is None:
     return {}

@@ -58,3 +58,55 @@ def test_bench_decode_tiny(capsys):
   assert "float32 greedy tokens identical: t5jax, hf, ct2" in out
   assert "t5jax int8 greedy tokens equal to float32's" in out and "| int8 | greedy |" in out
   assert "| bfloat16 | greedy |" in out
+
+
+def test_profile_step_sums_a_traced_step_by_kind(tmp_path):
+  """benchmarks/profile_step.py on the tiny preset: a real jax.profiler trace of one step,
+  every op matched to the compiled HLO, the kinds adding up to the traced time."""
+  import json
+  profile = load_benchmark("profile_step")
+  assert profile.main(["--batch", "8", "--input_len", "16", "--target_len", "8",
+                       "--steps", "1", "--out", str(tmp_path)]) == 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  kinds = {k["kind"]: k["ms_per_step"] for k in summary["kinds"]}
+  assert {"matmuls", "optimizer", "cross-entropy", "layer norms"} <= set(kinds)
+  assert abs(sum(kinds.values()) - summary["total_ms_per_step"]) < 1e-6
+  assert summary["total_ms_per_step"] > 0 and set(kinds) <= set(profile.KINDS)
+  assert "| kind | ms / step | share |" in (tmp_path / "summary.md").read_text()
+
+
+def test_profile_step_kinds_of_gpu_ops():
+  """The GPU side, from HLO text and trace events as XLA:GPU writes them: cuBLAS GEMMs
+  are matmuls, cuDNN's fused attention its own kind, and only the device's events count."""
+  profile = load_benchmark("profile_step")
+  hlo = "\n".join([
+      "%fused_computation.1 (p: bf16[8,8]) -> bf16[8,8] {",
+      '  %exponential.1 = bf16[8,8] exponential(%p), metadata={op_name="jit(train_step)/'
+      'jvp(T5)/T5.encode/encoder/layers_0/attention/exp"}',
+      "}",
+      "ENTRY %main (a: bf16[8,8]) -> bf16[8,8] {",
+      '  %gemm.1 = bf16[8,8] custom-call(%a, %a), custom_call_target="__cublas$gemm", '
+      'metadata={op_name="jit(train_step)/jvp(T5)/T5.encode/encoder/layers_0/mlp/'
+      '...k,kn->...n/dot_general"}',
+      '  %gemm.2 = bf16[8,8] custom-call(%a, %a), custom_call_target="__cublas$gemm", '
+      'metadata={op_name="jit(train_step)/jvp(T5)/T5.encode/encoder/layers_0/attention/'
+      'bqhd,bkhd->bhqk/dot_general"}',
+      '  %attn = bf16[8,8] custom-call(%a, %a), custom_call_target="__cudnn$fmhaSoftmax"',
+      "  %loop_exp_fusion = bf16[8,8] fusion(%a), kind=kLoop, calls=%fused_computation.1",
+      '  ROOT %mul = bf16[8,8] multiply(%a, %a), metadata={op_name="jit(train_step)/mul"}',
+      "}"])
+  instructions = profile.parse_hlo(hlo)
+  kinds = {name: profile.kind_of(info) for name, info in instructions.items()}
+  assert kinds["gemm.1"] == "matmuls" and kinds["gemm.2"] == "attention matmuls"
+  assert kinds["attn"] == "attention (fused)" and kinds["mul"] == "optimizer"
+  assert kinds["loop_exp_fusion"] == "softmax, bias, mask"
+  op = lambda pid, name, dur: {"ph": "X", "pid": pid, "dur": dur, "name": name,
+                               "args": {"hlo_op": name, "hlo_module": "jit_train_step"}}
+  trace = {"traceEvents": [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+      {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+      op(1, "gemm.1", 500.0), op(2, "gemm.1", 3000.0), op(2, "attn", 1000.0)]}
+  summary = profile.summarize(profile.device_events(trace), instructions, steps=2)
+  assert summary["total_ms_per_step"] == 2.0  # the host's launch of gemm.1 is left out
+  assert [(k["kind"], k["ms_per_step"]) for k in summary["kinds"]] == [
+      ("matmuls", 1.5), ("attention (fused)", 0.5)]

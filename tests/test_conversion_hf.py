@@ -1,7 +1,6 @@
 """Parity with HF transformers' T5 (PyTorch, CPU) and HF checkpoint round trips."""
 
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np

@@ -8,7 +8,7 @@ network.py), from HF weights, and compare logits with the HF model.
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+import torch  # noqa: F401 (imported before transformers, as the other HF tests)
 import transformers
 
 from hf_reference import batch, hf_forward, hf_model, state_dict
@@ -171,7 +171,7 @@ def load_checkpoint_from_hf(tmp_path):
 
 
 def _flat(params):
-  from t5jax.conversion.tree import flatten
+  from t5jax.trees import flatten
   return flatten(params)
 
 

@@ -156,7 +156,7 @@ def test_unknown_task_lists_registered_ones(workspace, tmp_path, capsys):
 
 
 def test_span_fills_counts_exactly_filled_spans():
-  from t5jax.run import span_fills
+  from t5jax.scoring import span_fills
   s0, s1, s2 = 99, 98, 97  # sentinels count down from the top: [97, 100)
   targets = [[s0, 5, 6, s1, 7, s2, 8, 9, 1, 0],   # three spans
              [5, 6, 7, 1, 0, 0, 0, 0, 0, 0]]      # no sentinel: not a span target

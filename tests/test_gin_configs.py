@@ -5,7 +5,7 @@ import os
 import gin
 import pytest
 
-from t5jax import gin_setup, run
+from t5jax import gin_setup, run  # noqa: F401 (registers the gin configurables)
 from t5jax.cli import main
 
 GIN_FILES = gin_setup.all_gin_files()

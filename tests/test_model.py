@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from t5jax.config import PRESETS, T5Config, get_config
-from t5jax.conversion.tree import flatten
+from t5jax.trees import flatten
 from t5jax.model import T5, count_params, init_cache, init_params, logical_axes
 
 # docs/t5_facts.md, "Model" (vocab 32128).

@@ -17,10 +17,9 @@ from t5jax import gin_setup, peft, run, trainer
 from t5jax.checkpoints import CheckpointConfig
 from t5jax.config import AdapterConfig, get_config
 from t5jax.conversion import load_checkpoint
-from t5jax.conversion.tree import flatten
+from t5jax.trees import flatten
 from t5jax.errors import UsageError
 from t5jax.model import T5, abstract_params, count_params, scan_params, unscan_params
-from t5jax.optim import OptimizerConfig
 from t5jax.partitioning import MeshConfig
 
 ALL_KERNELS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
@@ -39,13 +38,13 @@ def randomized(config, params, seed=1):
   for key, value in flat.items():
     if peft.is_adapter_leaf(key):
       flat[key] = (value + rng.normal(0, 0.1, value.shape)).astype(np.float32)
-  from t5jax.conversion.tree import unflatten
+  from t5jax.trees import unflatten
   return unflatten(flat)
 
 
 def init(config, seed=0):
   """Random params of the config's shapes, drawn in numpy (no init to compile)."""
-  from t5jax.conversion.tree import unflatten
+  from t5jax.trees import unflatten
   rng = np.random.default_rng(seed)
   out = {}
   for key, shape in shapes(config).items():
@@ -132,7 +131,6 @@ def test_packed_prompt_rows_give_each_example_its_own_prompt():
   slots = prompt_slot_ids(3)
   examples = [([5, 6, 7, 1], [11, 12, 1]), ([9, 10, 1], [13, 1])]
   enc = np.concatenate([np.r_[slots, e] for e, _ in examples] + [[0, 0]])[None]
-  tgt = np.concatenate([t for _, t in examples] + [[0]])[None]
   enc_seg = np.array([[1] * 7 + [2] * 6 + [0, 0]])
   dec_seg = np.array([[1, 1, 1, 2, 2, 0]])
   dec_in = np.array([[0, 11, 12, 0, 13, 0]])

@@ -197,7 +197,8 @@ def test_peft_default_prompt_tuning_at_peft_float32_noise_floor(head, folders):
                     decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
   ours = t5jax_logits(config, params, enc, dec)
   theirs = np.abs(reference - exact).max()
-  print(f"\nerror ratio {head}: {np.abs(ours - exact).max() / theirs:.2f} ({np.abs(ours - exact).max():.2e} vs PEFT float32 {theirs:.2e})")
+  ours_err = np.abs(ours - exact).max()
+  print(f"\nerror ratio {head}: {ours_err / theirs:.2f} ({ours_err:.2e} vs PEFT float32 {theirs:.2e})")
   assert np.abs(ours - exact).max() <= 2 * theirs + 1e-7, (np.abs(ours - exact).max(), theirs)
 
   moved = jax.tree.map(lambda x: x, params)

@@ -11,7 +11,7 @@ import scipy.stats as st
 
 from t5jax import optim, partitioning, rng, train_step as steps
 from t5jax.config import get_config
-from t5jax.conversion.tree import flatten
+from t5jax.trees import flatten
 from t5jax.model import T5, _dummy_inputs, init_params
 from t5jax.trainer import init_state_fn
 from t5jax import xla_cpu

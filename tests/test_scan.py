@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +18,7 @@ from synthetic_batches import FAST_COMPILE, make_batch
 from t5jax import checkpoints, partitioning as pt
 from t5jax.config import get_config
 from t5jax.conversion import load_checkpoint, save_checkpoint, t5x
-from t5jax.conversion.tree import flatten, unflatten
+from t5jax.trees import flatten, unflatten
 from t5jax.losses import LossConfig
 from t5jax.model import T5, count_params, init_cache, init_params, logical_axes, scan_params, unscan_params
 from t5jax.optim import OptimizerConfig, make_optimizer

@@ -7,7 +7,6 @@ this machine); the HF parity and decoding tests run on both (`both_paths`).
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 

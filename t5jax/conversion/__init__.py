@@ -130,7 +130,7 @@ def save_t5jax(path: str, config: T5Config, params: dict) -> None:
 
 
 def load_t5jax(path: str, **overrides) -> tuple[T5Config, dict]:
-  from t5jax.conversion.tree import check_tree
+  from t5jax.trees import check_tree
   with open(os.path.join(path, T5JAX_CONFIG)) as f:
     fields = json.load(f)
   config = T5Config(**fields)
@@ -139,9 +139,6 @@ def load_t5jax(path: str, **overrides) -> tuple[T5Config, dict]:
   return config.replace(**overrides) if overrides else config, tree
 
 
-# run_dir/best.json, by the trainer: {step, metric, value, mode, ranked}; ranked lists every
-# evaluated checkpoint ({step, value}) best first.
-BEST_FILE = "best.json"
 STEP_CHOICES = ("latest", "best")
 
 
@@ -155,6 +152,7 @@ class RunStep:
   skipped: tuple[int, ...] = ()  # steps tried first that could not be read
 
   def describe(self) -> str:
+    from t5jax.checkpoints import ranked_steps
     best = self.best or {}
     metric = best.get("metric")
     values = {r["step"]: r["value"] for r in ranked_steps(best)}
@@ -187,40 +185,6 @@ def parse_step(step) -> int | str | None:
   raise UsageError(f"step={step!r}: use 'latest', 'best' or a step number, e.g. --step=1000.")
 
 
-def run_steps(run_dir: str) -> list[int]:
-  """The complete checkpoint steps of a run directory, oldest first."""
-  root = os.path.join(run_dir, "checkpoints")
-  # Only finished steps: orbax writes into a temporary folder and renames it.
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
-
-
-def ranked_steps(best: dict | None) -> list[dict]:
-  """best.json's evaluated checkpoints ({step, value}), best first; a best.json written
-  before `ranked` existed gives its one best step."""
-  if not best:
-    return []
-  if best.get("ranked"):
-    return [{"step": int(r["step"]), "value": float(r["value"])} for r in best["ranked"]]
-  return [{"step": int(best["step"]), "value": float(best.get("value", float("nan")))}]
-
-
-def read_best(run_dir: str) -> dict | None:
-  """run_dir/best.json: {step, metric, value, mode, ranked} (ranked: every evaluated
-  checkpoint, best first), or None if the run has none; one that is not such a record is
-  a UsageError saying how to go on."""
-  path = os.path.join(run_dir, BEST_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      best = json.load(f)
-    int(best["step"])
-    return best
-  except (ValueError, KeyError, TypeError) as e:
-    raise UsageError(f"{path} is not a best-checkpoint record ({type(e).__name__}: {e}); "
-                     "delete it, or pass --step=latest or a step number.") from None
-
-
 def load_run_dir(run_dir: str, step: int | str | None = None,
                  **overrides) -> tuple[T5Config, dict]:
   """(config, params) of one checkpoint of a training run; see load_run_step."""
@@ -238,6 +202,7 @@ def load_run_step(run_dir: str, step: int | str | None = None,
   WARNING in favour of the newest readable one, as training does when it
   resumes; an explicit step that cannot be read is a UsageError naming it.
   """
+  from t5jax.checkpoints import BEST_FILE, ranked_steps, read_best, run_steps
   step = parse_step(step)
   steps = run_steps(run_dir)
   if not steps:
@@ -293,7 +258,7 @@ class _Unreadable(Exception):
 
 
 def _read_run_step(run_dir: str, step: int) -> tuple[T5Config, dict]:
-  from t5jax.conversion.tree import check_tree
+  from t5jax.trees import check_tree
   step_dir = os.path.join(run_dir, "checkpoints", str(step))
   # The step's own model config (in its meta item) wins: a run may have resumed
   # with a parameter-free field (scan_layers, dtype) changed since.
@@ -376,10 +341,11 @@ def load_base(run_dir: str, config: T5Config) -> dict:
   """The base params an adapter run in `run_dir` was trained on (per base.json), in
   `config`'s layer layout."""
   from t5jax import peft
-  ref = peft.read_base_reference(run_dir)
+  from t5jax.checkpoints import BASE_FILE, read_base_reference
+  ref = read_base_reference(run_dir)
   if ref is None:
     raise UsageError(f"{run_dir} holds adapter checkpoints ({config.adapter.method}) but no "
-                     f"{peft.BASE_FILE} naming their base checkpoint; it is written when training "
+                     f"{BASE_FILE} naming their base checkpoint; it is written when training "
                      "starts. Load the base with load_checkpoint(BASE, adapter=...) instead.")
   base = peft.base_config(config)
   if ref.get("checkpoint") is None:
@@ -388,7 +354,7 @@ def load_base(run_dir: str, config: T5Config) -> dict:
     init = jax.jit(lambda key: init_params(base, key))  # jitted: eager init is slow
     return jax.tree.map(np.asarray, init(jax.random.PRNGKey(int(ref["seed"]))))
   if not os.path.exists(ref["checkpoint"]):
-    raise MissingFileError(f"{run_dir}/{peft.BASE_FILE} names the base checkpoint "
+    raise MissingFileError(f"{run_dir}/{BASE_FILE} names the base checkpoint "
                            f"{ref['checkpoint']!r}, which does not exist any more.")
   stored, params = load_checkpoint(ref["checkpoint"], step=ref.get("step"),
                                    scan_layers=config.scan_layers)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from t5jax.config import FEED_FORWARD_KINDS, T5Config
-from t5jax.conversion.tree import check_tree, flatten, unflatten
+from t5jax.trees import check_tree, flatten, unflatten
 from t5jax.errors import MissingFileError, UsageError
 
 # One HF tensor <-> one t5jax leaf: (hf name, t5jax path, to_t5jax, to_hf).

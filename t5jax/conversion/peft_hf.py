@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from t5jax.config import AdapterConfig, T5Config, kernel_paths
-from t5jax.conversion.tree import flatten, unflatten
+from t5jax.trees import flatten, unflatten
 from t5jax.errors import MissingFileError, UsageError
 from t5jax.peft import IN_DIMS, PROMPT_LEAF, base_config, without_adapter_leaves
 
@@ -175,7 +175,7 @@ def load_peft_adapter(path: str, config: T5Config, params) -> tuple[T5Config, di
   else:
     adapter = AdapterConfig("ia3", target_modules=targets)
   config = base.replace(adapter=adapter)
-  from t5jax.conversion.tree import check_tree
+  from t5jax.trees import check_tree
   params = unflatten(flat)
   check_tree(params, config, path)
   return config, params

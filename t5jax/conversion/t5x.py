@@ -24,7 +24,7 @@ import re
 import numpy as np
 
 from t5jax.config import T5Config
-from t5jax.conversion.tree import check_tree, flatten, unflatten
+from t5jax.trees import check_tree, flatten, unflatten
 from t5jax.errors import UsageError
 
 _ATTENTION = ("attention", "self_attention", "encoder_decoder_attention")

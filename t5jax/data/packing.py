@@ -4,7 +4,8 @@ seqio packs with a tf.while_loop over each group of examples (its own
 docstring: "Slow."); on 2 cores that loop alone caps a 512/114 pipeline
 near 1,100 examples/s. Its faster path needs tensor2tensor's custom op.
 FastPackEncDecFeatureConverter replaces only the packing step with the same
-algorithm in numpy (`t5jax.data.rows.pack_group`, shared with the TensorFlow-free path), so every other part of the conversion (decoder inputs,
+algorithm in numpy (`t5jax.data.rows.pack_group`, shared with the TensorFlow-free path),
+so every other part of the conversion (decoder inputs,
 loss weights, segment ids and positions for the model) is seqio's own, and
 tests/data/test_packing.py checks the output is identical to seqio's.
 

@@ -115,7 +115,8 @@ def test_package_task_is_held_out_balanced_masked_and_disjoint(fake_sources):
 
 def test_package_task_too_few_documents_says_what_to_lower(fake_sources):
   corpus, tmp_path = fake_sources
-  with pytest.raises(UsageError, match=r"only 2 packages have 110 held-out.*numpy 120, scipy 120, flask 86.*Lower"):
+  with pytest.raises(UsageError,
+                     match=r"only 2 packages have 110 held-out.*numpy 120, scipy 120, flask 86.*Lower"):
     downstream.build_package_task(str(tmp_path / "t"), num_classes=3, train_per_class=80,
                                   validation_per_class=30, corpus_files=corpus)
 

@@ -143,8 +143,8 @@ def test_mixture_rates_are_capped_proportional(registered):
 
 
 def _scored(task, split):
-  from t5jax import run
-  return run.scored_tasks(task, split)
+  from t5jax import scoring
+  return scoring.scored_tasks(task, split)
 
 
 def test_glue_mixture_scores_both_mnli_dev_sets(registered, mock_tfds):
@@ -203,11 +203,11 @@ def test_benchmark_average_is_t5s():
 
 def test_glue_mixture_eval_reports_tasks_and_average(registered, mock_tfds,
                                                      vocabulary, capsys):
-  """run.seqio_metrics on the glue mixture (a tiny random model): MNLI's dev
+  """scoring.seqio_metrics on the glue mixture (a tiny random model): MNLI's dev
   sets are scored, AX and glue_mnli are skipped with a line each, and
   eval/glue/average is the mixture's score."""
   import jax
-  from t5jax import run
+  from t5jax import run, scoring
   from t5jax.config import get_config
   from t5jax.decoding import DecodeConfig
   from t5jax.model import init_params
@@ -215,7 +215,7 @@ def test_glue_mixture_eval_reports_tasks_and_average(registered, mock_tfds,
   params = init_params(model, jax.random.PRNGKey(0))
   cfg = run.DataConfig(task=data.GLUE_MIXTURE, inputs_length=64,
                        targets_length=4, eval_split="validation")
-  metrics = run.seqio_metrics(model, params, cfg, data.GLUE_MIXTURE, 4,
+  metrics = scoring.seqio_metrics(model, params, cfg, data.GLUE_MIXTURE, 4,
                               DecodeConfig(max_decode_length=4), 4)
   assert {"eval/glue_mnli_matched/accuracy",
           "eval/glue_mnli_mismatched/accuracy", "eval/glue_mrpc/f1",

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5jax import data, run
+from t5jax import data, run, scoring
 from t5jax.config import get_config
 from t5jax.data import grain_pipeline as gp, vocab as vocab_lib
 from t5jax.decoding import DecodeConfig, DecodeOutput
@@ -151,7 +151,7 @@ def _unpacked(batch):
 
 
 def test_metrics_equal_seqio_evaluator(spm, tmp_path, monkeypatch):
-  """run.pairs_metrics (no seqio) gives what run.seqio_metrics gives for the same
+  """scoring.pairs_metrics (no seqio) gives what scoring.seqio_metrics gives for the same
   predictions: SQuAD EM / F1 over answers that end at different lengths, one holding a
   sentinel and one an id past the vocabulary, the last batch partial."""
   rows = _pairs(11, seed=2)
@@ -183,17 +183,17 @@ def test_metrics_equal_seqio_evaluator(spm, tmp_path, monkeypatch):
   decode = DecodeConfig(max_decode_length=length)
   seqio_cfg = run.DataConfig(task="test_grain_pairs_metrics", inputs_length=128,
                              targets_length=length)
-  theirs = run.seqio_metrics(get_config("tiny"), {}, seqio_cfg, "test_grain_pairs_metrics", 4,
+  theirs = scoring.seqio_metrics(get_config("tiny"), {}, seqio_cfg, "test_grain_pairs_metrics", 4,
                              decode, None)
   grain_cfg = run.DataConfig(task="local_pairs", pipeline="grain", vocabulary=spm,
                              pairs_train=path, pairs_validation=path, pairs_metric="squad",
                              inputs_length=128, targets_length=length)
   vocabulary, _ = run.prepare_task(grain_cfg)
-  ours = run.pairs_metrics(get_config("tiny"), {}, grain_cfg, 4, decode, None, vocabulary)
+  ours = scoring.pairs_metrics(get_config("tiny"), {}, grain_cfg, 4, decode, None, vocabulary)
   rename = lambda m: {k.split("/")[-1]: v for k, v in m.items()}  # noqa: E731
   assert rename(ours) == pytest.approx(rename(theirs), abs=1e-9)
   assert 0 < ours["eval/local_pairs/em"] < 100
-  assert run.pairs_metrics(get_config("tiny"), {}, grain_cfg, 4, decode, 5, vocabulary) != ours
+  assert scoring.pairs_metrics(get_config("tiny"), {}, grain_cfg, 4, decode, 5, vocabulary) != ours
 
 
 def test_train_eval_infer_without_tensorflow(spm, tmp_path):

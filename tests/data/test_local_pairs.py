@@ -8,7 +8,7 @@ import re
 import gin
 import pytest
 
-from t5jax import data, run
+from t5jax import data, run, scoring
 from t5jax.data import pairs
 from t5jax.cli import main
 from t5jax.decoding import DecodeConfig
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("no_gin_bindings")
 def test_pairs_train_eval_infer_end_to_end(spm, tmp_path):
   """`t5jax train` a tiny model for a packed step on a TSV, then evaluate its checkpoint on
   the JSONL validation file (SQuAD EM/F1) and infer on the task's split: the prefix is on
-  every input. (The eval hook during training is run.seqio_metrics, as for GLUE in
+  every input. (The eval hook during training is scoring.seqio_metrics, as for GLUE in
   tests/test_end_to_end.py; it is left out here to keep this test short.)"""
   train = _write(tmp_path / "train.tsv", "".join(f"{i}\t{t}\n" for i, t in PAIRS))
   valid = _write(tmp_path / "valid.jsonl", "".join(
@@ -53,7 +53,7 @@ def test_pairs_train_eval_infer_end_to_end(spm, tmp_path):
                "--gin.TrainConfig.num_steps=1", "--gin.TrainConfig.batch_size=8",
                "--gin.TrainConfig.eval_every=0", "--gin.CheckpointConfig.every_steps=100",
                "--gin.train.show_examples=0", *TINY, *FAST, *flags]) == 0
-  assert run._has_metrics("local_pairs")  # so training would decode and score at evals
+  assert scoring.has_metrics("local_pairs")  # so training would decode and score at evals
   gin.clear_config()
 
   # In process, eval and infer share one decoding compile (same shapes and DecodeConfig).
@@ -104,7 +104,7 @@ def test_pairs_task_splits_prefix_and_packing(spm, tmp_path):
 
 def test_scores_predictions_that_end_at_different_lengths(spm, tmp_path, monkeypatch):
   """A trained model stops at EOS after a varying number of tokens; seqio stacks the
-  predictions into one array, so run.seqio_metrics passes whole rows (regression: rows
+  predictions into one array, so scoring.seqio_metrics passes whole rows (regression: rows
   cut at EOS had different lengths and scoring failed)."""
   from t5jax import run
   from t5jax.config import get_config
@@ -129,11 +129,11 @@ def test_scores_predictions_that_end_at_different_lengths(spm, tmp_path, monkeyp
     return DecodeOutput(jnp.asarray(out), jnp.zeros((tokens.shape[0], 1)))
 
   from t5jax import decoding
-  monkeypatch.setattr(decoding, "decode", fake_decode)  # run.seqio_metrics imports them
+  monkeypatch.setattr(decoding, "decode", fake_decode)  # scoring.seqio_metrics imports them
   monkeypatch.setattr(decoding, "prepare_params", lambda params, config: params)
   cfg = run.DataConfig(task="test_pairs_lengths", inputs_length=16, targets_length=length,
                        eval_split="validation")
-  metrics = run.seqio_metrics(get_config("tiny"), {}, cfg, "test_pairs_lengths", 4,
+  metrics = scoring.seqio_metrics(get_config("tiny"), {}, cfg, "test_pairs_lengths", 4,
                               DecodeConfig(max_decode_length=length), None)
   assert metrics == {"eval/test_pairs_lengths/exact_match": 75.0}
 

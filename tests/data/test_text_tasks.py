@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from rouge_score import rouge_scorer, scoring
 
 from t5jax import data, run
+from t5jax.data import inputs
 from t5jax.data import glue, metrics, mixing, text_tasks
 from t5jax.errors import UsageError
 
@@ -150,7 +151,7 @@ def test_squad_and_exact_match():
     ("temperature", 10 ** 5, 8.0, lambda n: min(n, 10 ** 5) ** (1 / 8)),
 ])
 def test_every_mixture_under_every_strategy(vocabulary, strategy, cap, temperature, rate):
-  run.register_tfds_tasks(vocabulary, mixing=strategy, mixing_cap=cap,
+  inputs.register_tfds_tasks(vocabulary, mixing=strategy, mixing_cap=cap,
                           mixing_temperature=temperature)
   sizes = {**glue.TRAIN_SIZES, **text_tasks.TRAIN_SIZES}
   for name in (glue.GLUE_MIXTURE, glue.SUPER_GLUE_MIXTURE, *text_tasks.MIXTURES):
@@ -164,7 +165,7 @@ def test_every_mixture_under_every_strategy(vocabulary, strategy, cap, temperatu
       else:  # only evaluated
         assert value == 0 and task in glue.EVAL_ONLY[name], task
   assert set(rates) == set(text_tasks.MIXTURES["large_translation"])
-  run.register_tfds_tasks(vocabulary)  # the defaults again, for other tests
+  inputs.register_tfds_tasks(vocabulary)  # the defaults again, for other tests
 
 
 def test_temperature_mixture_samples_at_its_rates():
