@@ -92,6 +92,11 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
   parser.add_argument("--no_hf", action="store_true", help="skip the HF peer")
+  parser.add_argument("--hf_attention", default="sdpa", choices=("sdpa", "eager"),
+                      help="HF's attn_implementation (sdpa falls back to eager where T5 "
+                           "has no SDPA path, transformers < 5)")
+  parser.add_argument("--hf_cache", default="dynamic", choices=("dynamic", "static"),
+                      help="HF generate's KV cache: its default, or preallocated")
   parser.add_argument("--no_ct2", action="store_true", help="skip the CTranslate2 peers")
   parser.add_argument("--no_int8", action="store_true",
                       help="skip t5jax's int8 rows (quantize='int8', timed with float32's)")
@@ -137,7 +142,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
       save_hf(tmp, base, params)
       if not args.no_hf:
-        hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval().to(device)
+        try:  # SDPA where this transformers' T5 has it (5.x), else its eager attention
+          hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(
+              tmp, attn_implementation=args.hf_attention).eval().to(device)
+        except ValueError as e:
+          print(f"HF attn_implementation={args.hf_attention!r} unavailable here "
+                f"({str(e).splitlines()[0][:100]}); HF runs its eager attention.", flush=True)
+          hf_float32 = transformers.T5ForConditionalGeneration.from_pretrained(
+              tmp).eval().to(device)
+        print(f"HF generate: attention {hf_float32.config._attn_implementation}, "
+              f"cache {args.hf_cache}.", flush=True)
       if not args.no_ct2:
         import ctranslate2
         ct2_device = "cuda" if on_gpu and ctranslate2.get_cuda_device_count() else "cpu"
@@ -156,12 +170,16 @@ def main(argv=None):
         min_decoding_length=args.new_tokens, length_penalty=0.0, max_input_length=0)
     return np.array([[ct2_ids[t] for t in r.hypotheses[0]] for r in out])
 
+  # 'static': HF's preallocated KV cache (what torch.compile'd generate needs); 'dynamic':
+  # its default.
+  hf_cache = {"cache_implementation": "static"} if args.hf_cache == "static" else {}
+
   def theirs(hf, beams):
     def run():
       with torch.no_grad():
         hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                     num_beams=beams, max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens, length_penalty=0.0)
+                    min_new_tokens=args.new_tokens, length_penalty=0.0, **hf_cache)
       if device == "cuda":
         torch.cuda.synchronize()
     return run

@@ -149,12 +149,15 @@ class PeakMemory:
     if self.torch_cuda:
       import torch
       torch.cuda.reset_peak_memory_stats()
+      self.torch_start = torch.cuda.memory_allocated()
     return self
 
   def __exit__(self, *exc):
     if self.torch_cuda:
       import torch
-      self.bytes, self.label = torch.cuda.max_memory_allocated(), "torch peak allocated"
+      # other HF variants' models stay alive beside this one: what this row added
+      self.bytes = torch.cuda.max_memory_allocated() - self.torch_start
+      self.label = "torch peak allocated above the row's start"
     elif self.on_gpu:
       # XLA keeps a high-water mark since process start (no reset): rows run
       # largest-first would mask later ones, so each row reports the maximum so far.
@@ -176,8 +179,9 @@ class Runner:
   """One peer, compiled and warmed up: `block()` times args.steps more steps (seconds
   per step); `loss()` is the last step's loss."""
 
-  def __init__(self, block, loss, compile_s=None):
+  def __init__(self, block, loss, compile_s=None, estimate=None):
     self.block, self.loss, self.compile_s = block, loss, compile_s
+    self.estimate = estimate  # XLA's planned peak bytes of the step (t5jax only)
 
 
 def t5jax_runner(config, args, optimizer=None) -> Runner:
@@ -185,7 +189,23 @@ def t5jax_runner(config, args, optimizer=None) -> Runner:
   runner = TrainStepRunner(config, args.batch, args.input_len, args.target_len,
                            warmup_steps=args.warmup, compiler_options=args.compiler_options,
                            **extra)
-  return Runner(lambda: runner.block(args.steps), lambda: runner.loss, runner.warmup_time)
+  return Runner(lambda: runner.block(args.steps), lambda: runner.loss, runner.warmup_time,
+                xla_peak_bytes(runner))
+
+
+def xla_peak_bytes(runner: TrainStepRunner) -> int | None:
+  """XLA's own plan for the step being timed (memory_analysis of its executable, as
+  benchmarks/memory_estimate.py reads it): arguments + outputs - donated + temporaries;
+  set beside the measured peak. None where the backend reports no analysis."""
+  from t5jax import partitioning
+  try:
+    with partitioning.activate(runner.compiled.mesh, runner.compiled.rule_set):
+      m = runner.compiled.train.lower(runner.state, runner.batch, runner.rng).compile() \
+          .memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
+  except Exception:  # noqa: BLE001 (an estimate is optional)
+    return None
 
 
 # ----------------------------------------------------------------------------- HF PyTorch
@@ -197,19 +217,57 @@ def _torch_cuda(args) -> bool:
   return torch.cuda.is_available()
 
 
-def hf_torch_runner(hf_dir: str, config, args, dtype: str) -> Runner:
+# --hf_variants: '+'-joined choices of attention, optimizer and torch.compile for the HF
+# PyTorch peer; each variant is its own row.
+HF_ATTENTION = ("eager", "sdpa")
+HF_OPTIMIZERS = ("adafactor", "adamw")
+
+
+def parse_hf_variant(text: str) -> dict:
+  """'sdpa+adamw+compile' -> {attention, optimizer, compile}; defaults eager, adafactor, off."""
+  variant = {"attention": "eager", "optimizer": "adafactor", "compile": False}
+  for token in (t for t in text.split("+") if t):
+    if token in HF_ATTENTION:
+      variant["attention"] = token
+    elif token in HF_OPTIMIZERS:
+      variant["optimizer"] = token
+    elif token == "compile":
+      variant["compile"] = True
+    else:
+      raise SystemExit(f"--hf_variants: {token!r} in {text!r} is none of "
+                       f"{', '.join(HF_ATTENTION + HF_OPTIMIZERS)}, compile.")
+  return variant
+
+
+def hf_peer_name(variant: dict) -> str:
+  """'HF PyTorch' for the default (eager attention, Adafactor), else the choices named."""
+  parts = ([variant["attention"]] if variant["attention"] != "eager" else []) + (
+      ["AdamW"] if variant["optimizer"] == "adamw" else []) + (
+      ["torch.compile"] if variant["compile"] else [])
+  return "HF PyTorch" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def hf_torch_runner(hf_dir: str, config, args, dtype: str, variant: dict | None = None) -> Runner:
   import torch
   import transformers
   from transformers.optimization import Adafactor
 
+  variant = variant or parse_hf_variant("")
   torch.set_num_threads(os.cpu_count())
   cuda = _torch_cuda(args)
   device = "cuda" if cuda else "cpu"
-  model = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).to(device).train()
-  # T5's Adafactor: factored, decay -0.8, clip 1.0, eps (1e-30, 1e-3), no momentum,
-  # parameter-scaled updates at a fixed lr 0.01 (as t5jax's rsqrt schedule early on).
-  opt = Adafactor(model.parameters(), lr=LR, scale_parameter=True, relative_step=False,
-                  warmup_init=False)
+  # attn_implementation='sdpa' raises where this transformers' T5 has no SDPA path: the
+  # row is then skipped with that reason.
+  model = transformers.T5ForConditionalGeneration.from_pretrained(
+      hf_dir, attn_implementation=variant["attention"]).to(device).train()
+  if variant["optimizer"] == "adamw":  # fused CUDA kernel on a GPU, as users run it
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda or None)
+  else:
+    # T5's Adafactor: factored, decay -0.8, clip 1.0, eps (1e-30, 1e-3), no momentum,
+    # parameter-scaled updates at a fixed lr 0.01 (as t5jax's rsqrt schedule early on).
+    opt = Adafactor(model.parameters(), lr=LR, scale_parameter=True, relative_step=False,
+                    warmup_init=False)
+  forward = torch.compile(model) if variant["compile"] else model
   batch = {k: torch.as_tensor(v).to(device) for k, v in synthetic_batch(
       args.batch, args.input_len, args.target_len, config.vocab_size).items()}
   # Same compute dtype as t5jax: float32 params, bfloat16 matmuls under autocast.
@@ -217,7 +275,7 @@ def hf_torch_runner(hf_dir: str, config, args, dtype: str) -> Runner:
 
   def step():
     with autocast:
-      out = model(input_ids=batch["encoder_input_tokens"].long(),
+      out = forward(input_ids=batch["encoder_input_tokens"].long(),
                   attention_mask=(batch["encoder_input_tokens"] > 0).long(),
                   decoder_input_ids=batch["decoder_input_tokens"].long(),
                   labels=batch["decoder_target_tokens"].long())
@@ -229,15 +287,17 @@ def hf_torch_runner(hf_dir: str, config, args, dtype: str) -> Runner:
     return out.loss
 
   last = {}
-  for _ in range(max(args.warmup, 1)):
+  start = time.perf_counter()
+  for _ in range(max(args.warmup, 1)):  # torch.compile compiles here
     last["loss"] = step()
+  compile_s = time.perf_counter() - start
 
   def block():
     start = time.perf_counter()
     for _ in range(args.steps):
       last["loss"] = step()
     return (time.perf_counter() - start) / args.steps
-  return Runner(block, lambda: float(last["loss"].detach().float().cpu()))
+  return Runner(block, lambda: float(last["loss"].detach().float().cpu()), compile_s)
 
 
 # ----------------------------------------------------------------------------- HF Flax
@@ -345,19 +405,20 @@ def _gib(n) -> str:
 
 def make_table(rows: list[dict], args) -> str:
   lines = ["| model | dtype | peer | step s (median) | step s (best) | tokens/s (median) | seq/s | "
-           "TFLOP/s | MFU | t5jax / peer | peak mem GiB | compile s |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "TFLOP/s | MFU | t5jax / peer | peak mem GiB | XLA plan GiB | compile s |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     if "skipped" in r:
       lines.append(f"| {r['preset']} | {r['dtype']} | {r['peer']} | skipped: {r['skipped']} "
-                   "| | | | | | | | |")
+                   "| | | | | | | | | |")
       continue
     ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
     compile_s = f"{r['compile_s']:.0f}" if r.get("compile_s") else "-"
     lines.append(
         f"| {r['preset']} | {r['dtype']} | {r['peer']} | {r['median']:.3f} | {r['best']:.3f} | "
         f"{r['tokens_per_s']:.0f} | {r['seq_per_s']:.2f} | {r['tflops']:.3f} | "
-        f"{100 * r['mfu']:.1f}% | {ratio} | {_gib(r['memory'])} | {compile_s} |")
+        f"{100 * r['mfu']:.1f}% | {ratio} | {_gib(r['memory'])} | {_gib(r.get('estimate'))} | "
+        f"{compile_s} |")
   return "\n".join(lines)
 
 
@@ -382,6 +443,10 @@ def parse_args(argv):
                       help="t5jax at XLA backend optimisation level 0 (smoke tests only)")
   parser.add_argument("--no_hf", action="store_true", help="skip both HF peers")
   parser.add_argument("--no_hf_flax", action="store_true", help="skip the HF Flax peer")
+  parser.add_argument("--hf_variants", default=None, metavar="V1,V2",
+                      help="HF PyTorch rows, each '+'-joined from eager|sdpa, adafactor|adamw "
+                           "and compile (default: 'adafactor'; with --gpu also 'sdpa+adamw' "
+                           "and 'sdpa+adamw+compile', HF at its best)")
   parser.add_argument("--no_t5jax", action="store_true",
                       help="only the HF peers (e.g. each side in its own process on a GPU)")
   parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
@@ -394,11 +459,12 @@ def parse_args(argv):
   args.compiler_options = {"xla_backend_optimization_level": 0} if args.fast_compile else None
   gpu = args.gpu or args.on_gpu
   defaults = ({"presets": "t5.1.1-base", "batch": 128, "input_len": 512, "target_len": 114,
-               "dtype": "bfloat16", "peak_n": 8192} if gpu else
+               "dtype": "bfloat16", "peak_n": 8192,
+               "hf_variants": "adafactor,sdpa+adamw,sdpa+adamw+compile"} if gpu else
               {"presets": "t5.1.0-small,t5.1.1-small" + (",t5.1.0-base,t5.1.1-base"
                                                          if args.full else ""),
                "batch": 4, "input_len": 256, "target_len": 64, "dtype": "float32,bfloat16",
-               "peak_n": 2048})
+               "peak_n": 2048, "hf_variants": "adafactor"})
   if gpu and args.full and args.presets is None:
     defaults["presets"] = "t5.1.1-small,t5.1.0-base,t5.1.1-base"
   for key, value in defaults.items():
@@ -546,10 +612,13 @@ def _run(args, argv) -> list[dict]:
       mem = PeakMemory(args.on_gpu)
       with mem:
         runners["t5jax"] = t5jax_runner(config, args)
-      results["t5jax"] = {"memory": mem.bytes, "memory_label": mem.label}
+      results["t5jax"] = {"memory": mem.bytes, "memory_label": mem.label,
+                          "estimate": runners["t5jax"].estimate}
       print(f"  t5jax: init + compile + {args.warmup} warm-up steps in "
             f"{runners['t5jax'].compile_s:.1f} s", flush=True)
-    peers = [] if args.no_hf else [("HF PyTorch", hf_torch_runner)] + (
+    peers = [] if args.no_hf else [
+        (hf_peer_name(v), functools.partial(hf_torch_runner, variant=v))
+        for v in map(parse_hf_variant, args.hf_variants.split(","))] + (
         [] if args.no_hf_flax else [("HF Flax", hf_flax_runner)])
     if peers:
       with tempfile.TemporaryDirectory() as hf_dir:
@@ -561,7 +630,8 @@ def _run(args, argv) -> list[dict]:
         del params
         for name, fn in peers:
           try:
-            mem = PeakMemory(args.on_gpu, torch_cuda=name == "HF PyTorch" and _torch_cuda(args))
+            mem = PeakMemory(args.on_gpu,
+                             torch_cuda=name.startswith("HF PyTorch") and _torch_cuda(args))
             with mem:
               runners[name] = fn(hf_dir, config, args, dtype)
             results[name] = {"memory": mem.bytes, "memory_label": mem.label}
@@ -591,6 +661,7 @@ def _run(args, argv) -> list[dict]:
                  seq_per_s=args.batch / median, tflops=step_flops / median / 1e12,
                  mfu=flops.mfu(step_flops, median, 1, peak), memory=r["memory"],
                  memory_label=r["memory_label"], compile_s=r.get("compile_s"),
+                 estimate=r.get("estimate"),
                  loss=r["loss"], ratio=None if name == "t5jax" or ours is None else median / ours)
       rows.append(row)
       print(f"  {name}: {row['tokens_per_s']:.0f} tokens/s (median of {args.repeats} x "
