@@ -20,6 +20,7 @@ jax name stack in its metadata (a fusion by the instructions it fuses):
   cross-entropy           the loss: log-softmax over the vocabulary, gathers, sums
   optimizer               everything outside the model's and the loss's name stack
   copies / transposes     copy and transpose instructions
+  casts                   dtype conversions on their own (e.g. a bfloat16 copy of a weight)
   other                   the rest
 
 Writes a markdown table (kinds, then the top ops by time with their name stack) to
@@ -43,7 +44,7 @@ import time
 
 KINDS = ("matmuls", "attention matmuls", "attention (fused)", "softmax, bias, mask",
          "layer norms", "MLP activation", "dropout", "embedding", "cross-entropy", "optimizer",
-         "copies / transposes", "other")
+         "copies / transposes", "casts", "other")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\s([a-z][\w\-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
@@ -104,6 +105,10 @@ def kind_of(info: dict | None) -> str:
     return "attention matmuls" if any(_attention_dot(n) for n in dots) else "matmuls"
   if opcode in ("copy", "transpose", "copy-start", "copy-done"):
     return "copies / transposes"
+  body = {o for o, _, _ in parts if o not in ("parameter", "bitcast", "fusion", "tuple",
+                                               "get-tuple-element")}
+  if "convert" in body and body <= {"convert", "copy", "transpose", "broadcast", "reshape"}:
+    return "casts"
   # By the root's name stack (a fusion's root names what it computes), else its body's.
   names = op_name or " ".join(n for _, n, _ in parts if n)
   if "dropout" in names.lower():
@@ -136,12 +141,18 @@ def device_events(trace: dict | list) -> list[dict]:
   return on_device or ops
 
 
+# Control flow: its event spans its body's ops, which are traced themselves.
+CONTROL_FLOW = ("while", "conditional", "call")
+
+
 def summarize(events: list[dict], instructions: dict[str, dict], steps: int,
               module: str = "train_step", top: int = 15) -> dict:
-  """Per-step milliseconds by kind and the `top` ops, from `device_events` and `parse_hlo`."""
+  """Per-step milliseconds by kind and the `top` ops, from `device_events` and `parse_hlo`
+  (control-flow ops left out: a scanned stack's while loop would count its layers twice)."""
   by_op = collections.Counter()
   for e in events:
-    if module in e["args"].get("hlo_module", ""):
+    opcode = (instructions.get(e["args"]["hlo_op"]) or {}).get("opcode")
+    if module in e["args"].get("hlo_module", "") and opcode not in CONTROL_FLOW:
       by_op[e["args"]["hlo_op"]] += float(e.get("dur", 0.0)) / 1e3  # us -> ms
   by_kind = collections.Counter()
   for op, ms in by_op.items():

@@ -97,6 +97,9 @@ def test_profile_step_kinds_of_gpu_ops():
       '  %exponential.1 = bf16[8,8] exponential(%p), metadata={op_name="jit(train_step)/'
       'jvp(T5)/T5.encode/encoder/layers_0/attention/exp"}',
       "}",
+      "%fused_computation.2 (p: f32[8,8]) -> bf16[8,8] {",
+      "  ROOT %convert.2 = bf16[8,8] convert(%p)",
+      "}",
       "ENTRY %main (a: bf16[8,8]) -> bf16[8,8] {",
       '  %gemm.1 = bf16[8,8] custom-call(%a, %a), custom_call_target="__cublas$gemm", '
       'metadata={op_name="jit(train_step)/jvp(T5)/T5.encode/encoder/layers_0/mlp/'
@@ -106,19 +109,22 @@ def test_profile_step_kinds_of_gpu_ops():
       'bqhd,bkhd->bhqk/dot_general"}',
       '  %attn = bf16[8,8] custom-call(%a, %a), custom_call_target="__cudnn$fmhaSoftmax"',
       "  %loop_exp_fusion = bf16[8,8] fusion(%a), kind=kLoop, calls=%fused_computation.1",
+      "  %convert_fusion = bf16[8,8] fusion(%a), kind=kLoop, calls=%fused_computation.2",
+      "  %while.1 = (s32[]) while(%t), condition=%cond, body=%body",
       '  ROOT %mul = bf16[8,8] multiply(%a, %a), metadata={op_name="jit(train_step)/mul"}',
       "}"])
   instructions = profile.parse_hlo(hlo)
   kinds = {name: profile.kind_of(info) for name, info in instructions.items()}
   assert kinds["gemm.1"] == "matmuls" and kinds["gemm.2"] == "attention matmuls"
   assert kinds["attn"] == "attention (fused)" and kinds["mul"] == "optimizer"
-  assert kinds["loop_exp_fusion"] == "softmax, bias, mask"
+  assert kinds["loop_exp_fusion"] == "softmax, bias, mask" and kinds["convert_fusion"] == "casts"
   op = lambda pid, name, dur: {"ph": "X", "pid": pid, "dur": dur, "name": name,
                                "args": {"hlo_op": name, "hlo_module": "jit_train_step"}}
   trace = {"traceEvents": [
       {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
       {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
-      op(1, "gemm.1", 500.0), op(2, "gemm.1", 3000.0), op(2, "attn", 1000.0)]}
+      op(1, "gemm.1", 500.0), op(2, "gemm.1", 3000.0), op(2, "attn", 1000.0),
+      op(2, "while.1", 9000.0)]}  # a loop's span: its body's ops are events of their own
   summary = profile.summarize(profile.device_events(trace), instructions, steps=2)
   assert summary["total_ms_per_step"] == 2.0  # the host's launch of gemm.1 is left out
   assert [(k["kind"], k["ms_per_step"]) for k in summary["kinds"]] == [
