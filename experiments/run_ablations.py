@@ -15,8 +15,9 @@ is tokenised once) into its own run directory under --run_root (gitignored
 runs/ by default). The final validation loss / token accuracy come from the
 eval entries of each run's metrics.jsonl (`t5jax eval` on the final
 checkpoint if the last step had none). Then, as the paper did, each pretrained
-model is finetuned with one recipe (finetune/docstring_package.gin) on the
-offline docstring_package task (t5jax/data/downstream.py) and scored; the same
+model is finetuned with one recipe (finetune/docstring_package.gin, a local_pairs
+recipe) on an offline task (t5jax/data/downstream.py; --task: docstring_package, the
+default, or next_sentence) and scored by exact match; the same
 finetuning from random init is the no-pretraining floor; the baseline and the
 floor run --seeds seeds, whose spread says which differences are real. With
 --data_dir holding TFDS GLUE data, each pretrained model is also finetuned on a
@@ -271,12 +272,32 @@ def sitting_inputs(task: dict | None) -> dict:
   return out
 
 
+# --task: the offline downstream tasks (t5jax.data.downstream) and their default sizes.
+TASKS = {"docstring_package": {"train": 64, "validation": 64},  # per class (8 classes)
+         "next_sentence": {"train": 128, "validation": 2000}}   # in all (2 answers)
+
+
 def package_task(args) -> dict:
-  """The offline downstream task (t5jax.data.downstream), built once under --task_dir."""
+  """The offline downstream task of --task (t5jax.data.downstream), built once under
+  --task_dir."""
   from t5jax.data import downstream as downstream_lib
+  if args.task == "next_sentence":
+    return downstream_lib.build_next_sentence_task(
+        args.task_dir, train=args.task_train, validation=args.task_validation)
   return downstream_lib.build_package_task(
       args.task_dir, num_classes=args.task_classes, train_per_class=args.task_train,
       validation_per_class=args.task_validation)
+
+
+def describe_task(task: dict) -> str:
+  """One sentence for results.md: what the task asks and its sizes."""
+  sizes = (f"{task['counts']['train']} training and {task['counts']['validation']} "
+           "validation examples, balanced.")
+  if task.get("task") == "next_sentence":
+    return ("which of two sentences follows a sentence of a held-out document (the other "
+            "comes from another package's document), " + sizes)
+  return (f"which of {len(task['classes'])} packages ({', '.join(task['classes'])}) a "
+          f"held-out docstring comes from, " + sizes)
 
 
 def package_downstream(init_dir: str | None, ft_dir: str, seed: int, task: dict,
@@ -324,7 +345,7 @@ def run_dir_of(name: str, seed: int, args) -> str:
 
 def run_floor(seed: int, task: dict, args) -> dict:
   """The paper's "no pretraining" row: the same finetuning from random init."""
-  ft_dir = os.path.join(run_dir_of(FLOOR, seed, args), "docstring_package")
+  ft_dir = os.path.join(run_dir_of(FLOOR, seed, args), args.task)
   print(f"\n=== {FLOOR} (seed {seed})", flush=True)
   row = {"config": FLOOR, "seed": seed, "objective": "-", "group": "floor"}
   row["package"] = package_downstream(None, ft_dir, seed, task, args)
@@ -368,7 +389,7 @@ def run_one(name: str, seed: int, task: dict | None, args) -> dict:
   row.update(eval_loss=final["loss"], eval_accuracy=final["accuracy"],
              group="span" if row["objective"] in SPAN_FORMAT else row["objective"])
   if task is not None:
-    row["package"] = package_downstream(run_dir, os.path.join(run_dir, "docstring_package"),
+    row["package"] = package_downstream(run_dir, os.path.join(run_dir, args.task),
                                         seed, task, args)
   if args.data_dir:
     row["downstream"] = downstream(run_dir, args)
@@ -422,7 +443,8 @@ def downstream_table(rows: list[dict], meta: dict) -> list[str]:
   noise = base and base["spread"]
   task = meta.get("task", {})
   lines = [
-      "## Downstream: finetuned on docstring_package, scored by exact match", "",
+      f"## Downstream: finetuned on {task.get('name', 'docstring_package')}, scored by exact "
+      "match", "",
       f"Task: {task.get('description', 'docstring_package')} Chance: "
       f"{_pct(task.get('chance'))}%. Baseline ({BASELINE}): "
       + (f"{_pct(base['mean'])}% over {len(base['accuracy'])} seeds, spread (sample s.d.) "
@@ -506,7 +528,8 @@ def markdown(rows: list[dict], meta: dict, notes: str | None) -> str:
   return "\n".join(out)
 
 
-def plot(rows: list[dict], path: str, title: str, chance: float | None = None) -> None:
+def plot(rows: list[dict], path: str, title: str, chance: float | None = None,
+         task_name: str = "docstring_package") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -532,7 +555,7 @@ def plot(rows: list[dict], path: str, title: str, chance: float | None = None) -
     for i, (m, e) in enumerate(zip(means, summary)):
       ax_bar.text(i, m, f"{m:.1f}\n(n={len(e['accuracy'])})", ha="center", va="bottom",
                   fontsize=7)
-    ax_bar.set_ylabel("docstring_package accuracy % (mean over seeds)")
+    ax_bar.set_ylabel(f"{task_name} accuracy % (mean over seeds)")
     ax_bar.set_title("downstream accuracy after finetuning (bars: s.d. over seeds)")
   else:
     names = [r["config"].replace("objective_", "") for r in pretrained]
@@ -577,7 +600,7 @@ def write_results(rows: list[dict], meta: dict, out: str) -> None:
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(markdown(rows, meta, notes))
   plot(rows, os.path.join(out, "results.png"), f"T5 objective ablations: {meta['name']}",
-       meta.get("task", {}).get("chance"))
+       meta.get("task", {}).get("chance"), meta.get("task", {}).get("name", "docstring_package"))
 
 
 # ----------------------------------------------------------------------------
@@ -615,12 +638,17 @@ def parse_args(argv=None):
                  help="pretraining losses only (no docstring_package finetuning)")
   p.add_argument("--no_floor", action="store_true",
                  help=f"skip the {FLOOR} rows (finetuning from random init)")
-  p.add_argument("--task_dir", help="where the docstring_package task is built "
-                                    "(default runs/ablations/docstring_package)")
-  p.add_argument("--task_classes", type=int, default=8)
-  p.add_argument("--task_train", type=int, default=64, help="training examples per class")
-  p.add_argument("--task_validation", type=int, default=64,
-                 help="validation examples per class")
+  p.add_argument("--task", choices=sorted(TASKS), default="docstring_package",
+                 help="the offline downstream task (t5jax/data/downstream.py): "
+                      "docstring_package (8 packages; the committed tables) or next_sentence "
+                      "(which of two sentences follows; few labels, a large validation set)")
+  p.add_argument("--task_dir", help="where the task is built (default runs/ablations/<task>)")
+  p.add_argument("--task_classes", type=int, default=8, help="docstring_package's classes")
+  p.add_argument("--task_train", type=int, default=None,
+                 help="training examples: per class for docstring_package (default 64), in "
+                      "all for next_sentence (default 128)")
+  p.add_argument("--task_validation", type=int, default=None,
+                 help="validation examples, as --task_train (defaults 64 per class; 2000)")
   p.add_argument("--finetune_steps", type=int, default=None,
                  help="finetuning steps (default: finetune/docstring_package.gin's; GLUE: 200)")
   p.add_argument("--finetune_batch", type=int, default=None)
@@ -650,7 +678,9 @@ def parse_args(argv=None):
   args.out = args.out or os.path.join(HERE, "results", name)
   args.run_root = args.run_root or os.path.join(
       REPO, "runs", "ablations", os.path.basename(os.path.normpath(args.out)))
-  args.task_dir = args.task_dir or os.path.join(REPO, "runs", "ablations", "docstring_package")
+  args.task_dir = args.task_dir or os.path.join(REPO, "runs", "ablations", args.task)
+  args.task_train = args.task_train or TASKS[args.task]["train"]
+  args.task_validation = args.task_validation or TASKS[args.task]["validation"]
   return args
 
 
@@ -685,7 +715,8 @@ def main(argv=None) -> int:
       saved = json.load(f)
   recipe = {"pretraining": [f for f in scale_bindings(args) if "seed" not in f],
             "finetuning": [args.finetune_steps, args.finetune_batch, args.task_classes,
-                           args.task_train, args.task_validation]}
+                           args.task_train, args.task_validation]
+            + ([args.task] if args.task != "docstring_package" else [])}
   if saved["meta"].get("recipe", recipe) != recipe:
     raise SystemExit(
         f"{results_path} was run with another scale or recipe ({saved['meta']['recipe']}, "
@@ -696,7 +727,7 @@ def main(argv=None) -> int:
   task = None
   if not args.no_downstream:
     task = package_task(args)
-    print(f"docstring_package: {task['counts']} examples of {len(task['classes'])} classes "
+    print(f"{args.task}: {task['counts']} examples of {len(task['classes'])} classes "
           f"({', '.join(task['classes'])}) in {args.task_dir}", flush=True)
   import platform
   meta = dict(saved["meta"])
@@ -713,10 +744,7 @@ def main(argv=None) -> int:
   meta["inputs"] = list(meta.get("inputs", [])) + [sitting_inputs(task)]
   if task is not None:
     meta["task"] = {
-        "description": (f"which of {len(task['classes'])} packages ({', '.join(task['classes'])}) "
-                        f"a held-out docstring comes from, {task['counts']['train']} training "
-                        f"and {task['counts']['validation']} validation examples, "
-                        "balanced."),
+        "name": args.task, "description": describe_task(task),
         "classes": task["classes"], "chance": task["chance"], "counts": task["counts"]}
   start = time.perf_counter()
   previous_s = meta.get("total_s", 0.0)

@@ -230,3 +230,16 @@ def test_grain_pipeline_runs_pretraining_and_the_package_task(tmp_path, monkeypa
   with open(out / "results.json") as f:
     row, = json.load(f)["rows"]
   assert 0 <= row["package"]["accuracy"] <= 1 and row["eval_loss"] > 0
+
+
+def test_task_flag_picks_the_task_its_sizes_and_its_folder():
+  """--task next_sentence: sizes in all (128 / 2,000 by default), its own task folder and
+  results wording; docstring_package keeps its per-class defaults and recipe key."""
+  ns = run_ablations.parse_args(["--task", "next_sentence", "--out", "/tmp/x"])
+  assert (ns.task_train, ns.task_validation) == (128, 2000)
+  assert ns.task_dir.endswith(os.path.join("runs", "ablations", "next_sentence"))
+  pkg = run_ablations.parse_args(["--out", "/tmp/x"])
+  assert (pkg.task, pkg.task_train, pkg.task_validation) == ("docstring_package", 64, 64)
+  text = run_ablations.describe_task({"task": "next_sentence", "classes": ["1", "2"],
+                                      "counts": {"train": 128, "validation": 2000}})
+  assert text.startswith("which of two sentences follows") and "2000 validation" in text

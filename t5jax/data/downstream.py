@@ -21,6 +21,14 @@ the same installed sources the default corpus comes from (corpus.py):
   of examples from each, so chance is exactly 1 / num_classes on both splits.
   Train and validation are disjoint (a text is in one of them).
 
+`build_next_sentence_task` makes a second one from the same held-out documents, a task
+about the text's meaning rather than its vocabulary:
+
+  next_sentence: "follows: <a sentence> option 1: <s> option 2: <s>" -> "1" or "2": which
+  option is the sentence that follows it in its document; the other is a sentence of
+  another package's document. Chance is exactly 50% (the answer is "1" for half the
+  examples of each split). One example per document, so examples share no text.
+
 The task is written as a pairs folder (train.tsv, validation.tsv, info.json) that the
 `local_pairs` task reads (gin: tasks/local_pairs.gin, DataConfig.pairs_train, ...), so
 finetuning, the eval hook and `t5jax eval` work as for a user's own pairs.
@@ -43,6 +51,13 @@ from t5jax.errors import UsageError
 PACKAGE_TASK = "docstring_package"
 PREFIX = "package:"
 MASK = "[pkg]"
+NEXT_SENTENCE_TASK = "next_sentence"
+NEXT_PREFIX = "follows:"
+# Sentences of 4 to 24 words and at most 120 characters: a 128-token input holds three
+# (on the 8k demo vocabulary an example is a median 61 tokens, at most 125 of 2,128).
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_MIN_WORDS, _MAX_WORDS = 4, 24
+_MAX_SENTENCE_CHARS = 120  # code-heavy sentences take more tokens per word
 # Bump when the rules change, so a stale folder is rebuilt rather than reused.
 _FORMAT = 1
 _MAX_CHARS = 1200  # inputs are cut at DataConfig.inputs_length tokens anyway
@@ -100,13 +115,9 @@ def build_package_task(out_dir: str, *, num_classes: int = 8, train_per_class: i
               "train_per_class": train_per_class,
               "validation_per_class": validation_per_class, "seed": seed,
               "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
-  info_path = os.path.join(out_dir, "info.json")
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      info = json.load(f)
-    if info.get("settings") == settings and all(
-        os.path.exists(info[k]) for k in ("train", "validation")):
-      return info
+  info = _reuse(out_dir, settings)
+  if info:
+    return info
   if labelled is None:
     labelled = corpus_lib.iter_labelled_default_documents()
   candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
@@ -130,6 +141,30 @@ def build_package_task(out_dir: str, *, num_classes: int = 8, train_per_class: i
       for text in chosen:
         text = mask_name(text, package)[:_MAX_CHARS].replace("\t", " ")
         splits[split].append((f"{PREFIX} {text}", package))
+  info = {
+      "task": PACKAGE_TASK, **_write_splits(out_dir, splits, rng), "classes": classes,
+      "chance": 1 / num_classes, "counts": {s: len(r) for s, r in splits.items()},
+      "held_out_candidates": {p: len(candidates[p]) for p in ranked[:2 * num_classes]},
+      "settings": settings,
+  }
+  _write_info(out_dir, info)
+  return info
+
+
+def _reuse(out_dir: str, settings: dict) -> dict | None:
+  """The info.json of a folder built with these very settings (its files present), or None."""
+  info_path = os.path.join(out_dir, "info.json")
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      info = json.load(f)
+    if info.get("settings") == settings and all(
+        os.path.exists(info[k]) for k in ("train", "validation")):
+      return info
+  return None
+
+
+def _write_splits(out_dir: str, splits: dict[str, list], rng: random.Random) -> dict:
+  """Each split's rows shuffled and written as <split>.tsv (input<TAB>target); {split: path}."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
   for split, rows in splits.items():
@@ -139,13 +174,81 @@ def build_package_task(out_dir: str, *, num_classes: int = 8, train_per_class: i
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(f"{x}\t{y}\n" for x, y in rows)
     os.replace(tmp, paths[split])
-  info = {
-      "task": PACKAGE_TASK, **paths, "classes": classes, "chance": 1 / num_classes,
-      "counts": {s: len(r) for s, r in splits.items()},
-      "held_out_candidates": {p: len(candidates[p]) for p in ranked[:2 * num_classes]},
-      "settings": settings,
-  }
+  return paths
+
+
+def _write_info(out_dir: str, info: dict) -> None:
+  info_path = os.path.join(out_dir, "info.json")
   with open(info_path + ".tmp", "w") as f:
     json.dump(info, f, indent=1)
   os.replace(info_path + ".tmp", info_path)
+
+
+def sentences(text: str) -> list[str]:
+  """The sentences of a document (split after . ! ? before a capital), each of 4 to 24
+  words and at most 120 characters; others are dropped, and so are those with a tab or a
+  doctest prompt."""
+  out = []
+  for piece in _SENTENCE.split(text):
+    piece = piece.strip()
+    if _MIN_WORDS <= len(piece.split()) <= _MAX_WORDS and len(piece) <= _MAX_SENTENCE_CHARS \
+        and "\t" not in piece and ">>>" not in piece:
+      out.append(piece)
+  return out
+
+
+def _next_sentence_examples(candidates: dict[str, list[str]], count: int, seed: int):
+  """`count` examples (input, "1" | "2"), one per document, half of them "1"."""
+  rng = random.Random(seed)
+  docs = [(package, sentences(text)) for package in sorted(candidates)
+          for text in candidates[package]]
+  pairs = []  # (package, sentence, the sentence that follows it in the same text)
+  for package, sents in docs:
+    adjacent = [(a, b) for a, b in zip(sents, sents[1:]) if a != b]
+    if adjacent:
+      pairs.append((package, *rng.choice(adjacent)))
+  rng.shuffle(pairs)
+  pool = [(package, x) for package, sents in docs for x in sents]
+  if len(pairs) < count or len({p for p, _ in pool}) < 2:
+    raise UsageError(f"{NEXT_SENTENCE_TASK}: {len(pairs)} held-out documents have two "
+                     f"sentences in a row, {count} are needed; lower the example counts.")
+  examples = []
+  for i, (package, first, follows) in enumerate(pairs[:count]):
+    while True:
+      other_package, other = rng.choice(pool)
+      if other_package != package:
+        break
+    answer = "1" if i % 2 == 0 else "2"
+    options = (follows, other) if answer == "1" else (other, follows)
+    examples.append((f"{NEXT_PREFIX} {first} option 1: {options[0]} option 2: {options[1]}",
+                     answer))
+  return examples
+
+
+def build_next_sentence_task(out_dir: str, *, train: int = 128, validation: int = 2000,
+                             seed: int = 0, corpus_files: list[str] | None = None,
+                             cache_dir: str | None = None,
+                             labelled: Iterable[tuple[str | None, str]] | None = None) -> dict:
+  """Writes the next_sentence task (module docstring) to out_dir and returns its
+  info.json, as build_package_task: few training examples (`train`), many validation
+  ones (`validation`), from documents that are not in the pretraining corpus's train
+  split; train and validation come from different documents."""
+  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
+  settings = {"format": _FORMAT, "task": NEXT_SENTENCE_TASK, "train": train,
+              "validation": validation, "seed": seed,
+              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
+  info = _reuse(out_dir, settings)
+  if info:
+    return info
+  if labelled is None:
+    labelled = corpus_lib.iter_labelled_default_documents()
+  candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
+  examples = _next_sentence_examples(candidates, train + validation, seed)
+  splits = {"validation": examples[:validation], "train": examples[validation:]}
+  counts = {s: collections.Counter(y for _, y in rows) for s, rows in splits.items()}
+  info = {"task": NEXT_SENTENCE_TASK, **_write_splits(out_dir, splits, random.Random(seed)),
+          "classes": ["1", "2"], "chance": 0.5,
+          "counts": {s: len(r) for s, r in splits.items()},
+          "answers": {s: dict(c) for s, c in counts.items()}, "settings": settings}
+  _write_info(out_dir, info)
   return info

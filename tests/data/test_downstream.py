@@ -124,3 +124,51 @@ def test_package_task_too_few_documents_says_what_to_lower(fake_sources):
 def test_mask_name_only_masks_whole_names():
   assert downstream.mask_name("Numpy arrays: numpy.linalg, numpyish, np", "numpy") == (
       "[pkg] arrays: [pkg].linalg, numpyish, np")
+
+
+def _story(package, i):
+  """A document of four sentences whose order is known: 'S<k> of <package> <i> ...'."""
+  return " ".join(f"Sentence {k} of {package} document {i} says {WORDS[(i + k) % len(WORDS)]} "
+                  f"and {WORDS[(i * 3 + k) % len(WORDS)]}." for k in range(4))
+
+
+def test_next_sentence_task_is_held_out_balanced_and_true(tmp_path):
+  """next_sentence: the right option is the sentence after the first in its own held-out
+  document, the other a sentence of another package's; answers balanced 1 / 2; train and
+  validation from different documents; pretraining's train split never used."""
+  corpus_dir = tmp_path / "corpus"
+  corpus_dir.mkdir()
+  in_corpus = [_story("numpy", i) for i in range(200)]
+  (corpus_dir / "c.txt").write_text("\n".join(in_corpus) + "\n")
+  pretraining = set(corpus_lib.train_split_documents([str(corpus_dir)]))
+  labelled = [("numpy", t) for t in in_corpus] + [
+      (p, _story(p, i)) for p in ("flask", "scipy", "email") for i in range(60)]
+  info = downstream.build_next_sentence_task(
+      str(tmp_path / "task"), train=16, validation=100, corpus_files=[str(corpus_dir)],
+      labelled=labelled)
+  assert info["chance"] == 0.5 and info["counts"] == {"validation": 100, "train": 16}
+  assert info["answers"] == {"validation": {"1": 50, "2": 50}, "train": {"1": 8, "2": 8}}
+  documents = set()
+  for split in ("train", "validation"):
+    for line in open(info[split]):
+      x, y = line.rstrip("\n").split("\t")
+      first, rest = x[len(downstream.NEXT_PREFIX) + 1:].split(" option 1: ")
+      options = rest.split(" option 2: ")
+      right, wrong = options[int(y) - 1], options[2 - int(y)]
+      k, package, doc = first.split()[1], first.split()[3], first.split()[5]
+      assert right.startswith(f"Sentence {int(k) + 1} of {package} document {doc} ")
+      assert wrong.split()[3] != package  # the other option: another package's sentence
+      story = _story(package, int(doc))
+      assert story not in pretraining  # held out (the in-corpus numpy validation docs may be)
+      assert (package, doc) not in documents  # one example per document
+      documents.add((package, doc))
+  with pytest.raises(UsageError, match="next_sentence: .* are needed"):
+    downstream.build_next_sentence_task(str(tmp_path / "t2"), train=16, validation=1000,
+                                        corpus_files=[str(corpus_dir)], labelled=labelled)
+
+
+def test_sentences_keep_4_to_24_words_without_prompts():
+  text = ("Too short. This sentence has enough words in it. Then >>> x = 1 is a doctest line. "
+          "Another fine sentence follows here!")
+  assert downstream.sentences(text) == ["This sentence has enough words in it.",
+                                        "Another fine sentence follows here!"]
