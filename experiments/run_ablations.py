@@ -274,16 +274,18 @@ def sitting_inputs(task: dict | None) -> dict:
 
 # --task: the offline downstream tasks (t5jax.data.downstream) and their default sizes.
 TASKS = {"docstring_package": {"train": 64, "validation": 64},  # per class (8 classes)
-         "next_sentence": {"train": 128, "validation": 2000}}   # in all (2 answers)
+         "next_sentence": {"train": 128, "validation": 2000},   # in all (2 answers)
+         "cloze": {"train": 128, "validation": 2000}}           # in all (a word to fill)
 
 
 def package_task(args) -> dict:
   """The offline downstream task of --task (t5jax.data.downstream), built once under
   --task_dir."""
   from t5jax.data import downstream as downstream_lib
-  if args.task == "next_sentence":
-    return downstream_lib.build_next_sentence_task(
-        args.task_dir, train=args.task_train, validation=args.task_validation)
+  if args.task in ("next_sentence", "cloze"):
+    build = (downstream_lib.build_next_sentence_task if args.task == "next_sentence"
+             else downstream_lib.build_cloze_task)
+    return build(args.task_dir, train=args.task_train, validation=args.task_validation)
   return downstream_lib.build_package_task(
       args.task_dir, num_classes=args.task_classes, train_per_class=args.task_train,
       validation_per_class=args.task_validation)
@@ -292,12 +294,15 @@ def package_task(args) -> dict:
 def describe_task(task: dict) -> str:
   """One sentence for results.md: what the task asks and its sizes."""
   sizes = (f"{task['counts']['train']} training and {task['counts']['validation']} "
-           "validation examples, balanced.")
+           "validation examples")
+  if task.get("task") == "cloze":
+    return ("the word left out of a sentence of a held-out document (given the sentence "
+            "before it; a content word found nowhere else in the input), " + sizes + ".")
   if task.get("task") == "next_sentence":
     return ("which of two sentences follows a sentence of a held-out document (the other "
-            "comes from another package's document), " + sizes)
+            "comes from another package's document), " + sizes + ", balanced.")
   return (f"which of {len(task['classes'])} packages ({', '.join(task['classes'])}) a "
-          f"held-out docstring comes from, " + sizes)
+          f"held-out docstring comes from, " + sizes + ", balanced.")
 
 
 def package_downstream(init_dir: str | None, ft_dir: str, seed: int, task: dict,
@@ -641,7 +646,8 @@ def parse_args(argv=None):
   p.add_argument("--task", choices=sorted(TASKS), default="docstring_package",
                  help="the offline downstream task (t5jax/data/downstream.py): "
                       "docstring_package (8 packages; the committed tables) or next_sentence "
-                      "(which of two sentences follows; few labels, a large validation set)")
+                      "(which of two sentences follows) or cloze (the word left out), both "
+                      "with few labels and a large validation set")
   p.add_argument("--task_dir", help="where the task is built (default runs/ablations/<task>)")
   p.add_argument("--task_classes", type=int, default=8, help="docstring_package's classes")
   p.add_argument("--task_train", type=int, default=None,
@@ -727,8 +733,9 @@ def main(argv=None) -> int:
   task = None
   if not args.no_downstream:
     task = package_task(args)
-    print(f"{args.task}: {task['counts']} examples of {len(task['classes'])} classes "
-          f"({', '.join(task['classes'])}) in {args.task_dir}", flush=True)
+    classes = f" of {len(task['classes'])} classes ({', '.join(task['classes'])})" \
+        if task["classes"] else ""
+    print(f"{args.task}: {task['counts']} examples{classes} in {args.task_dir}", flush=True)
   import platform
   meta = dict(saved["meta"])
   commands = meta.get("commands", [meta["command"]] if "command" in meta else [])

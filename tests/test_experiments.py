@@ -243,3 +243,7 @@ def test_task_flag_picks_the_task_its_sizes_and_its_folder():
   text = run_ablations.describe_task({"task": "next_sentence", "classes": ["1", "2"],
                                       "counts": {"train": 128, "validation": 2000}})
   assert text.startswith("which of two sentences follows") and "2000 validation" in text
+  cloze = run_ablations.parse_args(["--task", "cloze", "--out", "/tmp/x"])
+  assert (cloze.task_train, cloze.task_validation) == (128, 2000)
+  assert run_ablations.describe_task({"task": "cloze", "counts": {"train": 128, "validation": 2000}}
+                                     ).startswith("the word left out")

@@ -29,6 +29,13 @@ about the text's meaning rather than its vocabulary:
   another package's document. Chance is exactly 50% (the answer is "1" for half the
   examples of each split). One example per document, so examples share no text.
 
+`build_cloze_task` makes a third, the cloze over held-out documents:
+
+  cloze: "cloze: <the sentence before> <a sentence with one word as ___>" -> the word.
+  The word is a content word (4 to 12 letters, not a stopword, not a section header such
+  as "Returns:") that appears nowhere else in the input, so it cannot be copied; scored by
+  exact match.
+
 The task is written as a pairs folder (train.tsv, validation.tsv, info.json) that the
 `local_pairs` task reads (gin: tasks/local_pairs.gin, DataConfig.pairs_train, ...), so
 finetuning, the eval hook and `t5jax eval` work as for a user's own pairs.
@@ -58,6 +65,18 @@ NEXT_PREFIX = "follows:"
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _MIN_WORDS, _MAX_WORDS = 4, 24
 _MAX_SENTENCE_CHARS = 120  # code-heavy sentences take more tokens per word
+CLOZE_TASK = "cloze"
+CLOZE_PREFIX = "cloze:"
+BLANK = "___"
+# A word of 4 to 12 letters, not part of code (a dotted name, quoted, a call) nor a section
+# header ("Returns:"), which a model could guess from the layout alone.
+_WORD = re.compile(r"(?<![\w.`'\"])([A-Za-z]{4,12})(?![\w`'\"(:])")
+_STOPWORDS = frozenset("""
+    this that with from have been were will would could should which their there these those
+    then than them they what when where while also into only such each other more most some
+    very just over under about after before because between both does done during here must
+    same through upon whether your yours being above below again once further nor own
+""".split())
 # Bump when the rules change, so a stale folder is rebuilt rather than reused.
 _FORMAT = 1
 _MAX_CHARS = 1200  # inputs are cut at DataConfig.inputs_length tokens anyway
@@ -250,5 +269,57 @@ def build_next_sentence_task(out_dir: str, *, train: int = 128, validation: int 
           "classes": ["1", "2"], "chance": 0.5,
           "counts": {s: len(r) for s, r in splits.items()},
           "answers": {s: dict(c) for s, c in counts.items()}, "settings": settings}
+  _write_info(out_dir, info)
+  return info
+
+
+def _cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
+  """`count` examples (input, word), one per document."""
+  rng = random.Random(seed)
+  docs = [sentences(text) for package in sorted(candidates) for text in candidates[package]]
+  rng.shuffle(docs)
+  examples = []
+  for sents in docs:
+    if len(examples) == count:
+      break
+    if len(sents) < 2:
+      continue
+    k = rng.randrange(1, len(sents))
+    context, sentence = sents[k - 1], sents[k]
+    words = [m for m in _WORD.finditer(sentence) if m.group(1).lower() not in _STOPWORDS]
+    rng.shuffle(words)
+    for m in words:
+      word = m.group(1)
+      blanked = sentence[:m.start(1)] + BLANK + sentence[m.end(1):]
+      if not re.search(rf"(?i)(?<![A-Za-z]){word}(?![A-Za-z])", f"{context} {blanked}"):
+        examples.append((f"{CLOZE_PREFIX} {context} {blanked}", word))
+        break
+  if len(examples) < count:
+    raise UsageError(f"{CLOZE_TASK}: {len(examples)} held-out documents give a cloze "
+                     f"example, {count} are needed; lower the example counts.")
+  return examples
+
+
+def build_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000, seed: int = 0,
+                     corpus_files: list[str] | None = None, cache_dir: str | None = None,
+                     labelled: Iterable[tuple[str | None, str]] | None = None) -> dict:
+  """Writes the cloze task (module docstring) to out_dir and returns its info.json, as
+  build_next_sentence_task: `train` and `validation` examples from different held-out
+  documents, one example per document."""
+  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
+  settings = {"format": _FORMAT, "task": CLOZE_TASK, "train": train, "validation": validation,
+              "seed": seed,
+              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
+  info = _reuse(out_dir, settings)
+  if info:
+    return info
+  if labelled is None:
+    labelled = corpus_lib.iter_labelled_default_documents()
+  candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
+  examples = _cloze_examples(candidates, train + validation, seed)
+  splits = {"validation": examples[:validation], "train": examples[validation:]}
+  info = {"task": CLOZE_TASK, **_write_splits(out_dir, splits, random.Random(seed)),
+          "classes": [], "chance": None,
+          "counts": {s: len(r) for s, r in splits.items()}, "settings": settings}
   _write_info(out_dir, info)
   return info

@@ -172,3 +172,34 @@ def test_sentences_keep_4_to_24_words_without_prompts():
           "Another fine sentence follows here!")
   assert downstream.sentences(text) == ["This sentence has enough words in it.",
                                         "Another fine sentence follows here!"]
+
+
+def test_cloze_task_blanks_a_word_found_nowhere_else(tmp_path):
+  """cloze: one blank per example, the target is the word that was there (a content word,
+  not elsewhere in the input, so not copyable), from held-out documents only, one per
+  document; train and validation disjoint."""
+  corpus_dir = tmp_path / "corpus"
+  corpus_dir.mkdir()
+  in_corpus = [_story("numpy", i) for i in range(200)]
+  (corpus_dir / "c.txt").write_text("\n".join(in_corpus) + "\n")
+  pretraining = set(corpus_lib.train_split_documents([str(corpus_dir)]))
+  labelled = [("numpy", t) for t in in_corpus] + [
+      (p, _story(p, i)) for p in ("flask", "scipy") for i in range(60)]
+  info = downstream.build_cloze_task(str(tmp_path / "task"), train=10, validation=50,
+                                     corpus_files=[str(corpus_dir)], labelled=labelled)
+  assert info["counts"] == {"validation": 50, "train": 10}
+  stories = {s for _, s in labelled} - pretraining
+  seen = set()
+  for split in ("train", "validation"):
+    for line in open(info[split]):
+      x, word = line.rstrip("\n").split("\t")
+      assert x.startswith(downstream.CLOZE_PREFIX + " ") and x.count(downstream.BLANK) == 1
+      filled = x[len(downstream.CLOZE_PREFIX) + 1:].replace(downstream.BLANK, word)
+      assert any(filled in s for s in stories)  # a held-out document's two sentences
+      assert word.lower() not in x.lower() and len(word) >= 4
+      assert word.lower() not in downstream._STOPWORDS
+      assert filled not in seen
+      seen.add(filled)
+  with pytest.raises(UsageError, match="cloze: .* are needed"):
+    downstream.build_cloze_task(str(tmp_path / "t2"), train=10, validation=1000,
+                                corpus_files=[str(corpus_dir)], labelled=labelled)
