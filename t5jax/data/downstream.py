@@ -252,9 +252,18 @@ def build_next_sentence_task(out_dir: str, *, train: int = 128, validation: int 
   info.json, as build_package_task: few training examples (`train`), many validation
   ones (`validation`), from documents that are not in the pretraining corpus's train
   split; train and validation come from different documents."""
+  return _build_example_task(out_dir, NEXT_SENTENCE_TASK, _next_sentence_examples, train,
+                             validation, seed, corpus_files, cache_dir, labelled,
+                             classes=["1", "2"], chance=0.5)
+
+
+def _build_example_task(out_dir, task, make_examples, train, validation, seed, corpus_files,
+                        cache_dir, labelled, classes, chance) -> dict:
+  """A task of `make_examples(candidates, count, seed)` over the held-out documents: the
+  first `validation` examples are the validation split, the next `train` the train split."""
   corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
-  settings = {"format": _FORMAT, "task": NEXT_SENTENCE_TASK, "train": train,
-              "validation": validation, "seed": seed,
+  settings = {"format": _FORMAT, "task": task, "train": train, "validation": validation,
+              "seed": seed,
               "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
   info = _reuse(out_dir, settings)
   if info:
@@ -262,13 +271,14 @@ def build_next_sentence_task(out_dir: str, *, train: int = 128, validation: int 
   if labelled is None:
     labelled = corpus_lib.iter_labelled_default_documents()
   candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
-  examples = _next_sentence_examples(candidates, train + validation, seed)
+  examples = make_examples(candidates, train + validation, seed)
   splits = {"validation": examples[:validation], "train": examples[validation:]}
-  counts = {s: collections.Counter(y for _, y in rows) for s, rows in splits.items()}
-  info = {"task": NEXT_SENTENCE_TASK, **_write_splits(out_dir, splits, random.Random(seed)),
-          "classes": ["1", "2"], "chance": 0.5,
-          "counts": {s: len(r) for s, r in splits.items()},
-          "answers": {s: dict(c) for s, c in counts.items()}, "settings": settings}
+  info = {"task": task, **_write_splits(out_dir, splits, random.Random(seed)),
+          "classes": classes, "chance": chance,
+          "counts": {s: len(r) for s, r in splits.items()}, "settings": settings}
+  if classes:
+    info["answers"] = {s: dict(collections.Counter(y for _, y in rows))
+                       for s, rows in splits.items()}
   _write_info(out_dir, info)
   return info
 
@@ -306,20 +316,5 @@ def build_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000, 
   """Writes the cloze task (module docstring) to out_dir and returns its info.json, as
   build_next_sentence_task: `train` and `validation` examples from different held-out
   documents, one example per document."""
-  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
-  settings = {"format": _FORMAT, "task": CLOZE_TASK, "train": train, "validation": validation,
-              "seed": seed,
-              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
-  info = _reuse(out_dir, settings)
-  if info:
-    return info
-  if labelled is None:
-    labelled = corpus_lib.iter_labelled_default_documents()
-  candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
-  examples = _cloze_examples(candidates, train + validation, seed)
-  splits = {"validation": examples[:validation], "train": examples[validation:]}
-  info = {"task": CLOZE_TASK, **_write_splits(out_dir, splits, random.Random(seed)),
-          "classes": [], "chance": None,
-          "counts": {s: len(r) for s, r in splits.items()}, "settings": settings}
-  _write_info(out_dir, info)
-  return info
+  return _build_example_task(out_dir, CLOZE_TASK, _cloze_examples, train, validation, seed,
+                             corpus_files, cache_dir, labelled, classes=[], chance=None)
