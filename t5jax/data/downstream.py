@@ -129,17 +129,13 @@ def build_package_task(out_dir: str, *, num_classes: int = 8, train_per_class: i
   default corpus). labelled: (package, text) documents (default: the installed sources,
   corpus.iter_labelled_default_documents).
   """
-  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
-  settings = {"format": _FORMAT, "task": PACKAGE_TASK, "num_classes": num_classes,
+  settings = {"task": PACKAGE_TASK, "num_classes": num_classes,
               "train_per_class": train_per_class,
-              "validation_per_class": validation_per_class, "seed": seed,
-              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
-  info = _reuse(out_dir, settings)
+              "validation_per_class": validation_per_class, "seed": seed}
+  info, settings, candidates = _reuse_or_candidates(out_dir, settings, corpus_files, cache_dir,
+                                                    labelled)
   if info:
     return info
-  if labelled is None:
-    labelled = corpus_lib.iter_labelled_default_documents()
-  candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
   need = train_per_class + validation_per_class
   ranked = sorted(candidates, key=lambda p: (-len(candidates[p]), p))
   classes = sorted(p for p in ranked[:num_classes] if len(candidates[p]) >= need)
@@ -168,6 +164,21 @@ def build_package_task(out_dir: str, *, num_classes: int = 8, train_per_class: i
   }
   _write_info(out_dir, info)
   return info
+
+
+def _reuse_or_candidates(out_dir, settings, corpus_files, cache_dir, labelled):
+  """(info, settings, None) for a folder built with these settings (the format and the
+  pretraining corpus's fingerprint added), else (None, settings, the held-out documents)."""
+  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
+  settings = {"format": _FORMAT, **settings,
+              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
+  info = _reuse(out_dir, settings)
+  if info:
+    return info, settings, None
+  if labelled is None:
+    labelled = corpus_lib.iter_labelled_default_documents()
+  return None, settings, held_out_documents(labelled,
+                                            corpus_lib.train_split_documents(corpus_files))
 
 
 def _reuse(out_dir: str, settings: dict) -> dict | None:
@@ -261,16 +272,11 @@ def _build_example_task(out_dir, task, make_examples, train, validation, seed, c
                         cache_dir, labelled, classes, chance) -> dict:
   """A task of `make_examples(candidates, count, seed)` over the held-out documents: the
   first `validation` examples are the validation split, the next `train` the train split."""
-  corpus_files = corpus_files or corpus_lib.default_corpus(cache_dir)
-  settings = {"format": _FORMAT, "task": task, "train": train, "validation": validation,
-              "seed": seed,
-              "corpus": corpus_lib.fingerprint_files(corpus_lib.list_corpus_files(corpus_files))}
-  info = _reuse(out_dir, settings)
+  settings = {"task": task, "train": train, "validation": validation, "seed": seed}
+  info, settings, candidates = _reuse_or_candidates(out_dir, settings, corpus_files, cache_dir,
+                                                    labelled)
   if info:
     return info
-  if labelled is None:
-    labelled = corpus_lib.iter_labelled_default_documents()
-  candidates = held_out_documents(labelled, corpus_lib.train_split_documents(corpus_files))
   examples = make_examples(candidates, train + validation, seed)
   splits = {"validation": examples[:validation], "train": examples[validation:]}
   info = {"task": task, **_write_splits(out_dir, splits, random.Random(seed)),

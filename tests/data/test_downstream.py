@@ -132,17 +132,24 @@ def _story(package, i):
                   f"and {WORDS[(i * 3 + k) % len(WORDS)]}." for k in range(4))
 
 
-def test_next_sentence_task_is_held_out_balanced_and_true(tmp_path):
-  """next_sentence: the right option is the sentence after the first in its own held-out
-  document, the other a sentence of another package's; answers balanced 1 / 2; train and
-  validation from different documents; pretraining's train split never used."""
+def _story_sources(tmp_path, held_out_packages):
+  """(corpus folder, its train split, labelled documents): 200 numpy stories in the corpus
+  and 60 stories of each held-out package."""
   corpus_dir = tmp_path / "corpus"
   corpus_dir.mkdir()
   in_corpus = [_story("numpy", i) for i in range(200)]
   (corpus_dir / "c.txt").write_text("\n".join(in_corpus) + "\n")
   pretraining = set(corpus_lib.train_split_documents([str(corpus_dir)]))
   labelled = [("numpy", t) for t in in_corpus] + [
-      (p, _story(p, i)) for p in ("flask", "scipy", "email") for i in range(60)]
+      (p, _story(p, i)) for p in held_out_packages for i in range(60)]
+  return corpus_dir, pretraining, labelled
+
+
+def test_next_sentence_task_is_held_out_balanced_and_true(tmp_path):
+  """next_sentence: the right option is the sentence after the first in its own held-out
+  document, the other a sentence of another package's; answers balanced 1 / 2; train and
+  validation from different documents; pretraining's train split never used."""
+  corpus_dir, pretraining, labelled = _story_sources(tmp_path, ("flask", "scipy", "email"))
   info = downstream.build_next_sentence_task(
       str(tmp_path / "task"), train=16, validation=100, corpus_files=[str(corpus_dir)],
       labelled=labelled)
@@ -178,13 +185,7 @@ def test_cloze_task_blanks_a_word_found_nowhere_else(tmp_path):
   """cloze: one blank per example, the target is the word that was there (a content word,
   not elsewhere in the input, so not copyable), from held-out documents only, one per
   document; train and validation disjoint."""
-  corpus_dir = tmp_path / "corpus"
-  corpus_dir.mkdir()
-  in_corpus = [_story("numpy", i) for i in range(200)]
-  (corpus_dir / "c.txt").write_text("\n".join(in_corpus) + "\n")
-  pretraining = set(corpus_lib.train_split_documents([str(corpus_dir)]))
-  labelled = [("numpy", t) for t in in_corpus] + [
-      (p, _story(p, i)) for p in ("flask", "scipy") for i in range(60)]
+  corpus_dir, pretraining, labelled = _story_sources(tmp_path, ("flask", "scipy"))
   info = downstream.build_cloze_task(str(tmp_path / "task"), train=10, validation=50,
                                      corpus_files=[str(corpus_dir)], labelled=labelled)
   assert info["counts"] == {"validation": 50, "train": 10}
