@@ -440,6 +440,20 @@ def _pct(x):
   return "" if x is None else f"{100 * x:.1f}"
 
 
+def floor_check(summary: list[dict]) -> str | None:
+  """The protocol's sanity check, as a sentence: does pretraining (the baseline) beat no
+  pretraining by more than 3x the larger of their two seed spreads?"""
+  by = {e["config"]: e for e in summary}
+  base, floor = by.get(BASELINE), by.get(FLOOR)
+  if not base or not floor or base["spread"] is None or floor["spread"] is None:
+    return None
+  gap, need = base["mean"] - floor["mean"], 3 * max(base["spread"], floor["spread"])
+  return (f"**Floor check: {'cleared' if gap > need else 'not cleared'}.** {BASELINE} "
+          f"minus {FLOOR}: {100 * gap:+.1f} points, against 3 x the larger seed spread = "
+          f"{100 * need:.1f} points" + ("." if gap > need else
+                                        ": until it is, no row of this table says anything about the paper."))
+
+
 def downstream_table(rows: list[dict], meta: dict) -> list[str]:
   """The paper's protocol: downstream accuracy per config, its seed spread, the difference
   from the baseline, and the paper's figures with the verdict."""
@@ -450,8 +464,9 @@ def downstream_table(rows: list[dict], meta: dict) -> list[str]:
   lines = [
       f"## Downstream: finetuned on {task.get('name', 'docstring_package')}, scored by exact "
       "match", "",
-      f"Task: {task.get('description', 'docstring_package')} Chance: "
-      f"{_pct(task.get('chance'))}%. Baseline ({BASELINE}): "
+      f"Task: {task.get('description', 'docstring_package')} "
+      + (f"Chance: {_pct(task['chance'])}%. " if task.get("chance") is not None else "")
+      + f"Baseline ({BASELINE}): "
       + (f"{_pct(base['mean'])}% over {len(base['accuracy'])} seeds, spread (sample s.d.) "
          f"{_pct(noise)} points, so differences under {_pct(2 * noise)} points are marked "
          "not distinguishable." if base and noise is not None else
@@ -474,6 +489,7 @@ def downstream_table(rows: list[dict], meta: dict) -> list[str]:
                                                       else ""),
              e.get("direction", "")]
     lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", floor_check(summary)] if floor_check(summary) else []
   lines += ["", "`paper vs its reference`: the paper's GLUE / SuperGLUE averages minus those "
             "of the row it is compared with (Table 7's mean span 3, T5's span corruption; "
             "Table 6's 15% for the rates). `direction`: whether our difference from the "

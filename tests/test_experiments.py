@@ -133,6 +133,14 @@ def test_seed_spread_and_direction():
          "| -2.01 / -1.03 | agrees |" in lines
   assert any(line.startswith(f"| {run_ablations.BASELINE} | Table 7 mean span 3 | 3 | 42.0 ± 2.0 |")
              for line in lines)
+  # The floor check needs both spreads: a floor of one seed gives none.
+  assert run_ablations.floor_check(list(summary.values())) is None
+  floor = [{"config": run_ablations.FLOOR, "seed": s, "package": {"accuracy": a}}
+           for s, a in enumerate([0.28, 0.30, 0.32])]  # spread 2 points: 3x = 6 < 12
+  cleared = run_ablations.floor_check(run_ablations.summarise(rows[:3] + floor))
+  assert cleared.startswith("**Floor check: cleared.**") and "+12.0 points" in cleared
+  close = [dict(r, package={"accuracy": r["package"]["accuracy"] + 0.07}) for r in floor]
+  assert "not cleared" in run_ablations.floor_check(run_ablations.summarise(rows[:3] + close))
 
 
 def _tiny_package_task(folder):
