@@ -48,7 +48,8 @@ bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 
 # What the GPU image (Python 3.12, no TensorFlow) lacks, as wheels (~5 MB): pytest for
-# benchmarks/gpu_check.sh; gin-config, grain and grain's needs for benchmarks/gpu_pretrain.sh.
+# benchmarks/gpu_check.sh; gin-config, grain and grain's needs for benchmarks/gpu_pretrain.sh
+# and gpu_ablations.sh.
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \

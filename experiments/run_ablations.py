@@ -5,6 +5,10 @@
     .venv/bin/python experiments/run_ablations.py --set all --out experiments/results/cpu_downstream
     # a few configs, another scale:
     .venv/bin/python experiments/run_ablations.py --configs rate_10,rate_50 --steps 1000 --batch_size 32
+    # at GPU scale on one H100/H200 (T5.1.1-small widths, bf16, scanned, grain, cloze;
+    # benchmarks/gpu_ablations.sh wraps it there), and the floor alone:
+    python experiments/run_ablations.py --profile gpu --configs objective_span_corruption --seeds 1 --no_floor
+    python experiments/run_ablations.py --profile gpu --configs no_pretraining --seeds 1
     # smoke (seconds per config): 2 steps, batch 8, the tiny preset
     .venv/bin/python experiments/run_ablations.py --configs span_2,span_5 --smoke --no_downstream \
         --out /tmp/smoke
@@ -17,7 +21,7 @@ eval entries of each run's metrics.jsonl (`t5jax eval` on the final
 checkpoint if the last step had none). Then, as the paper did, each pretrained
 model is finetuned with one recipe (finetune/docstring_package.gin, a local_pairs
 recipe) on an offline task (t5jax/data/downstream.py; --task: docstring_package, the
-default, or next_sentence) and scored by exact match; the same
+default, next_sentence or cloze) and scored by exact match; the same
 finetuning from random init is the no-pretraining floor; the baseline and the
 floor run --seeds seeds, whose spread says which differences are real. With
 --data_dir holding TFDS GLUE data, each pretrained model is also finetuned on a
@@ -125,6 +129,20 @@ MODEL_FIELDS = ("d_model", "num_heads", "d_kv", "d_ff", "num_layers")
 SMOKE_GIN = ["TrainConfig.compiler_options={'xla_backend_optimization_level': 0, "
              "'xla_llvm_disable_expensive_passes': True}", "TrainConfig.peak_flops=1e11"]
 
+# --profile gpu: the ablations at GPU scale, for one H100/H200 (docs: experiments/README.md,
+# "At GPU scale"). T5.1.1-small's widths on the 8k vocabulary (a 32k softmax would take a
+# third of the step at these lengths), bf16 activations, scanned layers (one compiled
+# layer body per stack: compile time does not grow with depth), the TensorFlow-free grain
+# pipeline (the GPU image has no TensorFlow), inputs of 128 as on CPU so every
+# ablation file's targets_length still holds. Flags given on the command line win.
+PROFILES = {
+    "cpu": {},
+    "gpu": {"preset": "t5.1.1-small", "steps": 3000, "batch_size": 128, "eval_batches": 4,
+            "pipeline": "grain", "finetune_steps": 600, "finetune_batch": 64,
+            "task": "cloze",
+            "gin": ["model_config.scan_layers=True", "model_config.dtype='bfloat16'"]},
+}
+
 CAVEAT = """\
 **Read the losses with care.** Validation loss is a mean over *target* tokens,
 and the objectives have different targets: span corruption and i.i.d. noise
@@ -151,9 +169,13 @@ def config_names(args) -> list[str]:
   names = args.configs.split(",") if args.configs else SETS[args.set]
   known = sorted(f[:-4] for f in os.listdir(os.path.join(HERE, "ablations"))
                  if f.endswith(".gin") and f != "base.gin")
-  unknown = [n for n in names if n not in known]
+  unknown = [n for n in names if n not in known and n != FLOOR]
   if unknown:
-    raise SystemExit(f"unknown config(s) {unknown}; known: {', '.join(known)}")
+    raise SystemExit(f"unknown config(s) {unknown}; known: {', '.join(known)}, and {FLOOR} "
+                     "(the floor alone)")
+  if FLOOR in names and (args.no_downstream or args.no_floor):
+    raise SystemExit(f"--configs {FLOOR} is the downstream floor: drop --no_downstream / "
+                     "--no_floor")
   stray = [n for n in filter(None, args.seeded.split(",")) if n != "all" and n not in names]
   if stray:
     raise SystemExit(f"--seeded {','.join(stray)}: not among the configs of this sitting "
@@ -551,9 +573,15 @@ def markdown(rows: list[dict], meta: dict, notes: str | None) -> str:
 
 def plot(rows: list[dict], path: str, title: str, chance: float | None = None,
          task_name: str = "docstring_package") -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  """Writes the figure to path; nothing without matplotlib (accelerator images lack it:
+  render it later with --render_only)."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print(f"No matplotlib here: {path} not drawn (--render_only draws it elsewhere)")
+    return
   colors = {}
   palette = plt.get_cmap("tab10").colors
   color = lambda g: colors.setdefault(g, palette[len(colors) % len(palette)])
@@ -659,11 +687,12 @@ def parse_args(argv=None):
                  help="pretraining losses only (no docstring_package finetuning)")
   p.add_argument("--no_floor", action="store_true",
                  help=f"skip the {FLOOR} rows (finetuning from random init)")
-  p.add_argument("--task", choices=sorted(TASKS), default="docstring_package",
+  p.add_argument("--task", choices=sorted(TASKS), default=None,
                  help="the offline downstream task (t5jax/data/downstream.py): "
                       "docstring_package (8 packages; the committed tables) or next_sentence "
                       "(which of two sentences follows) or cloze (the word left out), both "
-                      "with few labels and a large validation set")
+                      "with few labels and a large validation set (default: "
+                      "docstring_package; --profile gpu: cloze)")
   p.add_argument("--task_dir", help="where the task is built (default runs/ablations/<task>)")
   p.add_argument("--task_classes", type=int, default=8, help="docstring_package's classes")
   p.add_argument("--task_train", type=int, default=None,
@@ -680,9 +709,15 @@ def parse_args(argv=None):
                  help="validation examples to score (default: all)")
   p.add_argument("--render_only", action="store_true",
                  help="rewrite results.md/png from --out/results.json (e.g. after editing notes.md)")
-  p.add_argument("--pipeline", choices=("seqio", "grain"), default="seqio",
+  p.add_argument("--pipeline", choices=("seqio", "grain"), default=None,
                  help="input pipeline of pretraining and the package task: 'grain' needs no "
-                      "TensorFlow (DataConfig.pipeline; GLUE scores stay on seqio)")
+                      "TensorFlow (DataConfig.pipeline; GLUE scores stay on seqio; default "
+                      "seqio, --profile gpu: grain)")
+  p.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
+                 help="cpu: the demo model at base.gin's scale (the committed tables); gpu: "
+                      "T5.1.1-small widths, bf16, scanned, grain, 3000 x 128 pretraining, "
+                      "600 x 64 finetuning on the cloze, for one H100/H200 (PROFILES); "
+                      "explicit flags win, --smoke shrinks it for a CPU dry run")
   p.add_argument("--smoke", action="store_true",
                  help="tiny and fast: 2 steps, batch 8, 1 eval batch, the tiny preset")
   args = p.parse_args(argv)
@@ -696,6 +731,7 @@ def parse_args(argv=None):
     args.glue_examples = args.glue_examples or 8
     # Compile fast and skip the matmul that measures peak FLOP/s (only MFU uses it).
     args.gin = [*SMOKE_GIN, *args.gin]
+  apply_profile(args)
   name = args.configs.replace(",", "+") if args.configs else args.set
   args.out = args.out or os.path.join(HERE, "results", name)
   args.run_root = args.run_root or os.path.join(
@@ -706,15 +742,30 @@ def parse_args(argv=None):
   return args
 
 
+def apply_profile(args) -> None:
+  """Fills the flags left unset from --profile (explicit flags and --smoke's shrunk shapes
+  win); its gin bindings go before --gin's, so a later --gin overrides them."""
+  profile = PROFILES[args.profile]
+  for key, value in profile.items():
+    if key != "gin" and getattr(args, key, None) is None:
+      setattr(args, key, value)
+  args.gin = [*profile.get("gin", []), *args.gin]
+  args.task = args.task or "docstring_package"
+  args.pipeline = args.pipeline or "seqio"
+
+
 def planned_runs(names: list[str], args) -> list[tuple[str, int]]:
   """(config, seed) of every run: seed 0 for each config, --seeds for the baseline, the
-  floor (only with the downstream task) and the configs in --seeded."""
+  floor (only with the downstream task; `--configs no_pretraining` alone: only the floor)
+  and the configs in --seeded."""
   seeded = {BASELINE, *filter(None, args.seeded.split(","))}
   runs = []
   for name in names:
+    if name == FLOOR:
+      continue
     for seed in range(args.seeds if name in seeded or "all" in seeded else 1):
       runs.append((name, seed))
-  if not args.no_downstream and not args.no_floor:
+  if FLOOR in names or (not args.no_downstream and not args.no_floor):
     runs += [(FLOOR, seed) for seed in range(args.seeds)]
   return runs
 

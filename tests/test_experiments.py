@@ -255,3 +255,54 @@ def test_task_flag_picks_the_task_its_sizes_and_its_folder():
   assert (cloze.task_train, cloze.task_validation) == (128, 2000)
   assert run_ablations.describe_task({"task": "cloze", "counts": {"train": 128, "validation": 2000}}
                                      ).startswith("the word left out")
+
+
+def test_gpu_profile_fills_unset_flags_and_explicit_ones_win():
+  gpu = run_ablations.parse_args(["--profile", "gpu", "--out", "/tmp/x"])
+  assert (gpu.preset, gpu.steps, gpu.batch_size, gpu.pipeline, gpu.task) == (
+      "t5.1.1-small", 3000, 128, "grain", "cloze")
+  flags = run_ablations.scale_bindings(gpu)
+  assert "--gin.model_config.d_model=512" in flags and "--gin.model_config.num_layers=8" in flags
+  assert flags[-2:] == ["--gin.model_config.scan_layers=True",
+                        "--gin.model_config.dtype='bfloat16'"]
+  mine = run_ablations.parse_args(["--profile", "gpu", "--steps", "10", "--task", "next_sentence",
+                                   "--gin", "model_config.dtype='float32'", "--out", "/tmp/x"])
+  assert (mine.steps, mine.task, mine.batch_size) == (10, "next_sentence", 128)
+  assert run_ablations.scale_bindings(mine)[-1] == "--gin.model_config.dtype='float32'"
+  cpu = run_ablations.parse_args(["--out", "/tmp/x"])
+  assert (cpu.preset, cpu.steps, cpu.pipeline, cpu.task) == (None, None, "seqio",
+                                                             "docstring_package")
+  # The floor alone: --configs no_pretraining (a GPU call each for the baseline and floor).
+  floor = run_ablations.parse_args(["--configs", run_ablations.FLOOR, "--seeds", "2"])
+  assert run_ablations.planned_runs(run_ablations.config_names(floor), floor) == [
+      (run_ablations.FLOOR, 0), (run_ablations.FLOOR, 1)]
+  with pytest.raises(SystemExit, match="drop --no_downstream"):
+    run_ablations.config_names(run_ablations.parse_args(
+        ["--configs", run_ablations.FLOOR, "--no_floor"]))
+
+
+def test_gpu_profile_dry_run_on_cpu(tmp_path, monkeypatch):
+  """--profile gpu --smoke: the GPU command end to end on this CPU with shrunk shapes
+  (the tiny preset, 1 step, batch 8), keeping what the profile changes besides shapes:
+  grain, scanned layers, bf16, and the finetuning and scoring through them."""
+  task = _tiny_package_task(tmp_path / "task")
+  monkeypatch.setattr(run_ablations, "package_task", lambda args: task)
+  calls = []
+  from t5jax import cli
+  real_main = cli.main
+  monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or real_main(argv))
+  out = tmp_path / "out"
+  assert run_ablations.main(["--profile", "gpu", "--smoke", "--steps", "1", "--seeds", "1",
+                             "--configs", run_ablations.BASELINE, "--no_floor",
+                             "--out", str(out), "--run_root", str(tmp_path / "runs")]) == 0
+  assert [argv[0] for argv in calls] == ["train", "train", "eval"]
+  for argv in calls[:2]:  # pretraining and finetuning
+    assert {"--gin.DataConfig.pipeline='grain'", "--gin.model_config.scan_layers=True",
+            "--gin.model_config.dtype='bfloat16'", "--gin.model_config.preset='tiny'"} <= set(argv)
+  with open(out / "results.json") as f:
+    results = json.load(f)
+  row, = results["rows"]
+  assert row["steps"] == 1 and row["batch_size"] == 8 and 0 <= row["package"]["accuracy"] <= 1
+  assert results["meta"]["task"]["name"] == "cloze"
+  config = (tmp_path / "runs" / run_ablations.BASELINE / "config.gin").read_text()
+  assert "model_config.scan_layers = True" in config and "'bfloat16'" in config

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh works before the first GPU minute is spent: its CPU dry run, with
 every step under the time limit it has on the GPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,30 @@ def test_gpu_pretrain_cpu_dry_run_trains_without_tensorflow(tmp_path):
   assert "tensorflow" not in log.lower()
   assert (tmp_path / "metrics.jsonl").exists() and "pretrain rc=0" in (
       tmp_path / "summary.txt").read_text()
+
+
+def test_gpu_ablations_cpu_dry_run_pretrains_without_tensorflow(tmp_path):
+  """benchmarks/gpu_ablations.sh (run_ablations.py --profile gpu) with --smoke on CPU, in a
+  Python where importing tensorflow or seqio fails, as on the GPU image. Pretraining only
+  (-- --no_downstream): building the cloze task walks the installed sources (minutes);
+  tests/test_experiments.py dry-runs the profile's finetuning and scoring in-process."""
+  blockers = tmp_path / "blockers"
+  blockers.mkdir()
+  for name in ("tensorflow", "seqio"):
+    (blockers / f"{name}.py").write_text(f"raise ImportError('no {name} on the GPU image')\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHON=sys.executable, PYTHONPATH=str(blockers))
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      ["bash", "benchmarks/gpu_ablations.sh", "--cpu-dry-run", "--out", str(out), "--",
+       "--configs", "objective_span_corruption", "--seeds", "1", "--no_downstream"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+  assert "ablations rc=0" in (out / "summary.txt").read_text()
+  with open(out / "results" / "results.json") as f:
+    results = json.load(f)
+  row, = results["rows"]
+  assert row["steps"] == 2 and row["eval_loss"] > 0
+  assert "--profile gpu" in results["meta"]["command"]
+  config = (out / "runs" / "objective_span_corruption" / "config.gin").read_text()
+  assert "DataConfig.pipeline = 'grain'" in config and "model_config.scan_layers = True" in config
