@@ -297,17 +297,20 @@ def sitting_inputs(task: dict | None) -> dict:
 # --task: the offline downstream tasks (t5jax.data.downstream) and their default sizes.
 TASKS = {"docstring_package": {"train": 64, "validation": 64},  # per class (8 classes)
          "next_sentence": {"train": 128, "validation": 2000},   # in all (2 answers)
-         "cloze": {"train": 128, "validation": 2000}}           # in all (a word to fill)
+         "cloze": {"train": 128, "validation": 2000},           # in all (a word to fill)
+         "context_cloze": {"train": 128, "validation": 2000}}   # in all (a word of the context)
 
 
 def package_task(args) -> dict:
   """The offline downstream task of --task (t5jax.data.downstream), built once under
   --task_dir."""
   from t5jax.data import downstream as downstream_lib
-  if args.task in ("next_sentence", "cloze"):
-    build = (downstream_lib.build_next_sentence_task if args.task == "next_sentence"
-             else downstream_lib.build_cloze_task)
-    return build(args.task_dir, train=args.task_train, validation=args.task_validation)
+  builders = {"next_sentence": downstream_lib.build_next_sentence_task,
+              "cloze": downstream_lib.build_cloze_task,
+              "context_cloze": downstream_lib.build_context_cloze_task}
+  if args.task in builders:
+    return builders[args.task](args.task_dir, train=args.task_train,
+                               validation=args.task_validation)
   return downstream_lib.build_package_task(
       args.task_dir, num_classes=args.task_classes, train_per_class=args.task_train,
       validation_per_class=args.task_validation)
@@ -320,6 +323,9 @@ def describe_task(task: dict) -> str:
   if task.get("task") == "cloze":
     return ("the word left out of a sentence of a held-out document (given the sentence "
             "before it; a content word found nowhere else in the input), " + sizes + ".")
+  if task.get("task") == "context_cloze":
+    return ("the word left out of a sentence of a held-out document, given up to three "
+            "sentences before it that contain the word (LAMBADA / CBT style), " + sizes + ".")
   if task.get("task") == "next_sentence":
     return ("which of two sentences follows a sentence of a held-out document (the other "
             "comes from another package's document), " + sizes + ", balanced.")
@@ -690,7 +696,8 @@ def parse_args(argv=None):
   p.add_argument("--task", choices=sorted(TASKS), default=None,
                  help="the offline downstream task (t5jax/data/downstream.py): "
                       "docstring_package (8 packages; the committed tables) or next_sentence "
-                      "(which of two sentences follows) or cloze (the word left out), both "
+                      "(which of two sentences follows), cloze (the word left out) or "
+                      "context_cloze (the word left out, found in the sentences before), all "
                       "with few labels and a large validation set (default: "
                       "docstring_package; --profile gpu: cloze)")
   p.add_argument("--task_dir", help="where the task is built (default runs/ablations/<task>)")

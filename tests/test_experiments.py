@@ -255,6 +255,10 @@ def test_task_flag_picks_the_task_its_sizes_and_its_folder():
   assert (cloze.task_train, cloze.task_validation) == (128, 2000)
   assert run_ablations.describe_task({"task": "cloze", "counts": {"train": 128, "validation": 2000}}
                                      ).startswith("the word left out")
+  ctx = run_ablations.parse_args(["--task", "context_cloze", "--out", "/tmp/x"])
+  assert (ctx.task_train, ctx.task_validation) == (128, 2000)
+  assert "LAMBADA" in run_ablations.describe_task(
+      {"task": "context_cloze", "counts": {"train": 128, "validation": 2000}})
 
 
 def test_gpu_profile_fills_unset_flags_and_explicit_ones_win():

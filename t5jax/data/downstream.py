@@ -36,6 +36,14 @@ about the text's meaning rather than its vocabulary:
   as "Returns:") that appears nowhere else in the input, so it cannot be copied; scored by
   exact match.
 
+`build_context_cloze_task` makes a fourth, a cloze whose answer is in the context, as in
+LAMBADA or the Children's Book Test:
+
+  context_cloze: "cloze: <up to three sentences before> <a sentence with one word as ___>"
+  -> the word. The same kind of content word, but one that does appear in the sentences
+  before (and only once in its own sentence): the model has to find, among the context's
+  words, the one the blank calls for. Scored by exact match.
+
 The task is written as a pairs folder (train.tsv, validation.tsv, info.json) that the
 `local_pairs` task reads (gin: tasks/local_pairs.gin, DataConfig.pairs_train, ...), so
 finetuning, the eval hook and `t5jax eval` work as for a user's own pairs.
@@ -66,6 +74,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _MIN_WORDS, _MAX_WORDS = 4, 24
 _MAX_SENTENCE_CHARS = 120  # code-heavy sentences take more tokens per word
 CLOZE_TASK = "cloze"
+CONTEXT_CLOZE_TASK = "context_cloze"
+_CONTEXT_SENTENCES = 3
 CLOZE_PREFIX = "cloze:"
 BLANK = "___"
 # A word of 4 to 12 letters, not part of code (a dotted name, quoted, a call) nor a section
@@ -324,3 +334,47 @@ def build_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000, 
   documents, one example per document."""
   return _build_example_task(out_dir, CLOZE_TASK, _cloze_examples, train, validation, seed,
                              corpus_files, cache_dir, labelled, classes=[], chance=None)
+
+
+def _context_cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
+  """`count` examples (input, word), one per document: a content word of a sentence that
+  also appears in the (up to) three sentences before it."""
+  rng = random.Random(seed)
+  docs = [sentences(text) for package in sorted(candidates) for text in candidates[package]]
+  rng.shuffle(docs)
+  examples = []
+  for sents in docs:
+    if len(examples) == count:
+      break
+    positions = list(range(1, len(sents)))
+    rng.shuffle(positions)
+    for k in positions:
+      context = " ".join(sents[max(0, k - _CONTEXT_SENTENCES):k])
+      sentence = sents[k]
+      words = [m for m in _WORD.finditer(sentence) if m.group(1).lower() not in _STOPWORDS]
+      rng.shuffle(words)
+      found = None
+      for m in words:
+        word = re.compile(rf"(?i)(?<![A-Za-z]){m.group(1)}(?![A-Za-z])")
+        if len(word.findall(sentence)) == 1 and word.search(context):
+          found = m
+          break
+      if found:
+        blanked = sentence[:found.start(1)] + BLANK + sentence[found.end(1):]
+        examples.append((f"{CLOZE_PREFIX} {context} {blanked}", found.group(1)))
+        break
+  if len(examples) < count:
+    raise UsageError(f"{CONTEXT_CLOZE_TASK}: {len(examples)} held-out documents give an "
+                     f"example, {count} are needed; lower the example counts.")
+  return examples
+
+
+def build_context_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000,
+                             seed: int = 0, corpus_files: list[str] | None = None,
+                             cache_dir: str | None = None,
+                             labelled: Iterable[tuple[str | None, str]] | None = None) -> dict:
+  """Writes the context_cloze task (module docstring) to out_dir and returns its info.json,
+  as build_cloze_task."""
+  return _build_example_task(out_dir, CONTEXT_CLOZE_TASK, _context_cloze_examples, train,
+                             validation, seed, corpus_files, cache_dir, labelled, classes=[],
+                             chance=None)

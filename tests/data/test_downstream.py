@@ -7,6 +7,7 @@ every text's true package is known.
 """
 
 import collections
+import re
 
 import pytest
 
@@ -204,3 +205,34 @@ def test_cloze_task_blanks_a_word_found_nowhere_else(tmp_path):
   with pytest.raises(UsageError, match="cloze: .* are needed"):
     downstream.build_cloze_task(str(tmp_path / "t2"), train=10, validation=1000,
                                 corpus_files=[str(corpus_dir)], labelled=labelled)
+
+
+def test_context_cloze_blanks_a_word_of_the_sentences_before(tmp_path):
+  """context_cloze (LAMBADA / CBT style): the blanked word is a content word that the
+  sentences before the blank contain, once in its own sentence; held-out documents only,
+  one example per document."""
+  corpus_dir, pretraining, labelled = _story_sources(tmp_path, ("flask", "scipy"))
+  info = downstream.build_context_cloze_task(str(tmp_path / "task"), train=10, validation=50,
+                                             corpus_files=[str(corpus_dir)],
+                                             labelled=labelled)
+  assert info["task"] == downstream.CONTEXT_CLOZE_TASK
+  assert info["counts"] == {"validation": 50, "train": 10}
+  stories = {s for _, s in labelled} - pretraining
+  documents = set()
+  for split in ("train", "validation"):
+    for line in open(info[split]):
+      x, word = line.rstrip("\n").split("\t")
+      assert x.startswith(downstream.CLOZE_PREFIX + " ") and x.count(downstream.BLANK) == 1
+      text = x[len(downstream.CLOZE_PREFIX) + 1:]
+      filled = text.replace(downstream.BLANK, word)
+      *context, sentence = downstream.sentences(filled)
+      assert 1 <= len(context) <= 3
+      count = lambda t: len(re.findall(rf"(?i)(?<![A-Za-z]){word}(?![A-Za-z])", t))
+      assert count(" ".join(context)) >= 1 and count(sentence) == 1  # in the context
+      assert len(word) >= 4 and word.lower() not in downstream._STOPWORDS
+      story = next(s for s in stories if filled in s)  # consecutive sentences of a story
+      assert story not in documents
+      documents.add(story)
+  with pytest.raises(UsageError, match="context_cloze: .* are needed"):
+    downstream.build_context_cloze_task(str(tmp_path / "t2"), train=10, validation=1000,
+                                        corpus_files=[str(corpus_dir)], labelled=labelled)
