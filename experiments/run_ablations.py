@@ -219,6 +219,20 @@ def train_args(name: str, run_dir: str, args) -> list[str]:
   return argv + [f"--run_dir={run_dir}"] + scale_bindings(args)
 
 
+def check_finished(run_dir: str) -> None:
+  """Stops the sitting if the run in run_dir ended before its TrainConfig.num_steps: the
+  trainer saves and returns on SIGTERM / SIGINT, and a row scored from that checkpoint
+  would look complete. --resume continues the run from where it stopped."""
+  import re
+  with open(os.path.join(run_dir, "config.gin")) as f:
+    m = re.search(r"^TrainConfig\.num_steps = (\d+)$", f.read(), re.M)
+  last = max((r["step"] for r in read_metrics(run_dir)), default=0)
+  if m and last < int(m.group(1)):
+    raise SystemExit(f"{run_dir} ended before its last step (logged up to step {last} of "
+                     f"{m.group(1)}: a signal, or a stopped run): no row written for it. "
+                     "Rerun the same command with --resume to continue it.")
+
+
 def bound_data_config(run_dir: str) -> dict:
   """DataConfig fields from the run's operative config (what was really used)."""
   import re
@@ -361,6 +375,7 @@ def package_downstream(init_dir: str | None, ft_dir: str, seed: int, task: dict,
   print(f"\n--- finetune: t5jax {' '.join(argv)}", flush=True)
   if main(argv) != 0:
     raise RuntimeError(f"finetuning {init_dir or 'a random init'} on the package task failed")
+  check_finished(ft_dir)
   if main(["eval", "--gin_search_paths=" + HERE, "--gin_file=finetune/docstring_package.gin",
            "--gin_file=runs/eval.gin", f"--checkpoint={ft_dir}", *pairs,
            "--gin.DataConfig.inputs_length=128", "--gin.DataConfig.targets_length=8",
@@ -397,6 +412,7 @@ def run_one(name: str, seed: int, task: dict | None, args) -> dict:
   if main(argv) != 0:
     raise RuntimeError(f"t5jax {' '.join(argv)} failed")
   seconds = time.perf_counter() - start
+  check_finished(run_dir)
   records = read_metrics(run_dir)
   train = [r for r in records if "loss" in r]
   steps = max((r["step"] for r in train), default=0)

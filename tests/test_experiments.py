@@ -310,3 +310,17 @@ def test_gpu_profile_dry_run_on_cpu(tmp_path, monkeypatch):
   assert results["meta"]["task"]["name"] == "cloze"
   config = (tmp_path / "runs" / run_ablations.BASELINE / "config.gin").read_text()
   assert "model_config.scan_layers = True" in config and "'bfloat16'" in config
+
+
+def test_a_run_stopped_by_a_signal_writes_no_row(tmp_path):
+  """The trainer saves and returns on SIGTERM; the runner must not score that checkpoint
+  as if the run were complete (it stops the sitting; --resume continues the run)."""
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.gin").write_text("TrainConfig.num_steps = 300\n")
+  (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 21, "loss": 7.0}\n')
+  with pytest.raises(SystemExit, match="logged up to step 21 of 300.*--resume"):
+    run_ablations.check_finished(str(run))
+  with open(run / "metrics.jsonl", "a") as f:
+    f.write('{"step": 300, "loss": 2.0}\n')
+  run_ablations.check_finished(str(run))
