@@ -20,16 +20,7 @@ for ((i = 1; i <= $#; i++)); do
   if [ "${!i}" = "--" ]; then rest=("${@:i+1}"); set -- "${@:1:i-1}"; break; fi
 done
 gpu_args 2,12 "$@"
-if ! "$py" -c "import gin, grain" 2> /dev/null; then
-  if [ -d .wheels ]; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl \
-      || exit 1
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  else
-    echo "gin-config / grain are missing and there is no .wheels folder (make gpu-wheels)"
-    exit 1
-  fi
-fi
+gpu_wheels || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 T5JAX_NO_HUGEPAGES=1
 [ ${#rest[@]} -gt 0 ] || rest=(--configs objective_span_corruption --seeds 1 --no_floor)
 flags=(experiments/run_ablations.py --profile gpu --out "$out/results"

@@ -17,16 +17,7 @@ cd "$(dirname "$0")/.."
 
 source benchmarks/gpu_args.sh
 gpu_args 2,15 "$@"
-if ! "$py" -c "import gin, grain" 2> /dev/null; then
-  if [ -d .wheels ]; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl \
-      || exit 1
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  else
-    echo "gin-config / grain are missing and there is no .wheels folder (make gpu-wheels)"
-    exit 1
-  fi
-fi
+gpu_wheels || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 T5JAX_NO_HUGEPAGES=1
 run_dir="$out/run"
 flags=(train --gin_file=demo/pretrain_gpu.gin --run_dir="$run_dir")

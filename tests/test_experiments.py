@@ -158,6 +158,18 @@ def _tiny_package_task(folder):
   return {**paths, "classes": ["email", "numpy"], "chance": 0.5, "counts": rows}
 
 
+def _record_commands(tmp_path, monkeypatch) -> list[list[str]]:
+  """The tiny package task in place of the real one; returns the list that every
+  t5jax.cli.main argv of the run is appended to."""
+  task = _tiny_package_task(tmp_path / "task")
+  monkeypatch.setattr(run_ablations, "package_task", lambda args: task)
+  calls = []
+  from t5jax import cli
+  real_main = cli.main
+  monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or real_main(argv))
+  return calls
+
+
 def test_smoke_run_writes_table_plot_and_json(tmp_path, monkeypatch):
   """Two sittings at the smallest cost (one pretraining, two finetunes): the seeds' plan is
   test_planned_runs_..., the spread and verdicts test_seed_spread_and_direction."""
@@ -223,12 +235,7 @@ def test_planned_runs_seed_the_baseline_floor_and_seeded_configs():
 def test_grain_pipeline_runs_pretraining_and_the_package_task(tmp_path, monkeypatch):
   """--pipeline grain: pretraining (a non-default objective) and the package task's
   finetuning and scoring read through the TensorFlow-free pipeline."""
-  task = _tiny_package_task(tmp_path / "task")
-  monkeypatch.setattr(run_ablations, "package_task", lambda args: task)
-  calls = []
-  from t5jax import cli
-  real_main = cli.main
-  monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or real_main(argv))
+  calls = _record_commands(tmp_path, monkeypatch)
   out = tmp_path / "out"
   assert run_ablations.main(["--configs", "objective_deshuffling", "--seeds", "1", "--smoke",
                              "--steps", "1", "--no_floor", "--pipeline", "grain",
@@ -289,12 +296,7 @@ def test_gpu_profile_dry_run_on_cpu(tmp_path, monkeypatch):
   """--profile gpu --smoke: the GPU command end to end on this CPU with shrunk shapes
   (the tiny preset, 1 step, batch 8), keeping what the profile changes besides shapes:
   grain, scanned layers, bf16, and the finetuning and scoring through them."""
-  task = _tiny_package_task(tmp_path / "task")
-  monkeypatch.setattr(run_ablations, "package_task", lambda args: task)
-  calls = []
-  from t5jax import cli
-  real_main = cli.main
-  monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or real_main(argv))
+  calls = _record_commands(tmp_path, monkeypatch)
   out = tmp_path / "out"
   assert run_ablations.main(["--profile", "gpu", "--smoke", "--steps", "1", "--seeds", "1",
                              "--configs", run_ablations.BASELINE, "--no_floor",

@@ -299,8 +299,10 @@ def _build_example_task(out_dir, task, make_examples, train, validation, seed, c
   return info
 
 
-def _cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
-  """`count` examples (input, word), one per document."""
+def _one_per_document(task: str, candidates: dict[str, list[str]], count: int, seed: int,
+                      pick) -> list[tuple[str, str]]:
+  """`count` examples (input, target), at most one per document: `pick(sentences, rng)`
+  makes a document's example or None, over the documents in a seeded order."""
   rng = random.Random(seed)
   docs = [sentences(text) for package in sorted(candidates) for text in candidates[package]]
   rng.shuffle(docs)
@@ -308,8 +310,20 @@ def _cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
   for sents in docs:
     if len(examples) == count:
       break
+    example = pick(sents, rng)
+    if example:
+      examples.append(example)
+  if len(examples) < count:
+    raise UsageError(f"{task}: {len(examples)} held-out documents give an example, {count} "
+                     "are needed; lower the example counts.")
+  return examples
+
+
+def _cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
+  """`count` examples (input, word), one per document."""
+  def pick(sents, rng):
     if len(sents) < 2:
-      continue
+      return None
     k = rng.randrange(1, len(sents))
     context, sentence = sents[k - 1], sents[k]
     words = [m for m in _WORD.finditer(sentence) if m.group(1).lower() not in _STOPWORDS]
@@ -318,12 +332,9 @@ def _cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
       word = m.group(1)
       blanked = sentence[:m.start(1)] + BLANK + sentence[m.end(1):]
       if not re.search(rf"(?i)(?<![A-Za-z]){word}(?![A-Za-z])", f"{context} {blanked}"):
-        examples.append((f"{CLOZE_PREFIX} {context} {blanked}", word))
-        break
-  if len(examples) < count:
-    raise UsageError(f"{CLOZE_TASK}: {len(examples)} held-out documents give a cloze "
-                     f"example, {count} are needed; lower the example counts.")
-  return examples
+        return f"{CLOZE_PREFIX} {context} {blanked}", word
+    return None
+  return _one_per_document(CLOZE_TASK, candidates, count, seed, pick)
 
 
 def build_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000, seed: int = 0,
@@ -339,13 +350,7 @@ def build_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000, 
 def _context_cloze_examples(candidates: dict[str, list[str]], count: int, seed: int):
   """`count` examples (input, word), one per document: a content word of a sentence that
   also appears in the (up to) three sentences before it."""
-  rng = random.Random(seed)
-  docs = [sentences(text) for package in sorted(candidates) for text in candidates[package]]
-  rng.shuffle(docs)
-  examples = []
-  for sents in docs:
-    if len(examples) == count:
-      break
+  def pick(sents, rng):
     positions = list(range(1, len(sents)))
     rng.shuffle(positions)
     for k in positions:
@@ -353,20 +358,13 @@ def _context_cloze_examples(candidates: dict[str, list[str]], count: int, seed: 
       sentence = sents[k]
       words = [m for m in _WORD.finditer(sentence) if m.group(1).lower() not in _STOPWORDS]
       rng.shuffle(words)
-      found = None
       for m in words:
         word = re.compile(rf"(?i)(?<![A-Za-z]){m.group(1)}(?![A-Za-z])")
         if len(word.findall(sentence)) == 1 and word.search(context):
-          found = m
-          break
-      if found:
-        blanked = sentence[:found.start(1)] + BLANK + sentence[found.end(1):]
-        examples.append((f"{CLOZE_PREFIX} {context} {blanked}", found.group(1)))
-        break
-  if len(examples) < count:
-    raise UsageError(f"{CONTEXT_CLOZE_TASK}: {len(examples)} held-out documents give an "
-                     f"example, {count} are needed; lower the example counts.")
-  return examples
+          blanked = sentence[:m.start(1)] + BLANK + sentence[m.end(1):]
+          return f"{CLOZE_PREFIX} {context} {blanked}", m.group(1)
+    return None
+  return _one_per_document(CONTEXT_CLOZE_TASK, candidates, count, seed, pick)
 
 
 def build_context_cloze_task(out_dir: str, *, train: int = 128, validation: int = 2000,
