@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The T5 ablations at GPU scale (experiments/run_ablations.py --profile gpu: T5.1.1-small
-# widths, bf16, scanned, grain, cloze downstream) on one H100/H200, from the repository
+# widths, bf16, scanned, grain, context_cloze downstream) on one H100/H200, from the repository
 # root, under a time limit, every row written to --out DIR/results.{json,md} as it ends.
 #
 #   bash benchmarks/gpu_ablations.sh --out DIR [-- RUN_ABLATIONS_FLAGS...]  # on the GPU

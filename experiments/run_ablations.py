@@ -5,7 +5,7 @@
     .venv/bin/python experiments/run_ablations.py --set all --out experiments/results/cpu_downstream
     # a few configs, another scale:
     .venv/bin/python experiments/run_ablations.py --configs rate_10,rate_50 --steps 1000 --batch_size 32
-    # at GPU scale on one H100/H200 (T5.1.1-small widths, bf16, scanned, grain, cloze;
+    # at GPU scale on one H100/H200 (T5.1.1-small widths, bf16, scanned, grain, context_cloze;
     # benchmarks/gpu_ablations.sh wraps it there), and the floor alone:
     python experiments/run_ablations.py --profile gpu --configs objective_span_corruption --seeds 1 --no_floor
     python experiments/run_ablations.py --profile gpu --configs no_pretraining --seeds 1
@@ -139,7 +139,7 @@ PROFILES = {
     "cpu": {},
     "gpu": {"preset": "t5.1.1-small", "steps": 3000, "batch_size": 128, "eval_batches": 4,
             "pipeline": "grain", "finetune_steps": 600, "finetune_batch": 64,
-            "task": "cloze",
+            "task": "context_cloze",
             "gin": ["model_config.scan_layers=True", "model_config.dtype='bfloat16'"]},
 }
 
@@ -715,7 +715,7 @@ def parse_args(argv=None):
                       "(which of two sentences follows), cloze (the word left out) or "
                       "context_cloze (the word left out, found in the sentences before), all "
                       "with few labels and a large validation set (default: "
-                      "docstring_package; --profile gpu: cloze)")
+                      "docstring_package; --profile gpu: context_cloze)")
   p.add_argument("--task_dir", help="where the task is built (default runs/ablations/<task>)")
   p.add_argument("--task_classes", type=int, default=8, help="docstring_package's classes")
   p.add_argument("--task_train", type=int, default=None,
@@ -739,7 +739,7 @@ def parse_args(argv=None):
   p.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
                  help="cpu: the demo model at base.gin's scale (the committed tables); gpu: "
                       "T5.1.1-small widths, bf16, scanned, grain, 3000 x 128 pretraining, "
-                      "600 x 64 finetuning on the cloze, for one H100/H200 (PROFILES); "
+                      "600 x 64 finetuning on context_cloze, for one H100/H200 (PROFILES); "
                       "explicit flags win, --smoke shrinks it for a CPU dry run")
   p.add_argument("--smoke", action="store_true",
                  help="tiny and fast: 2 steps, batch 8, 1 eval batch, the tiny preset")

@@ -271,7 +271,7 @@ def test_task_flag_picks_the_task_its_sizes_and_its_folder():
 def test_gpu_profile_fills_unset_flags_and_explicit_ones_win():
   gpu = run_ablations.parse_args(["--profile", "gpu", "--out", "/tmp/x"])
   assert (gpu.preset, gpu.steps, gpu.batch_size, gpu.pipeline, gpu.task) == (
-      "t5.1.1-small", 3000, 128, "grain", "cloze")
+      "t5.1.1-small", 3000, 128, "grain", "context_cloze")
   flags = run_ablations.scale_bindings(gpu)
   assert "--gin.model_config.d_model=512" in flags and "--gin.model_config.num_layers=8" in flags
   assert flags[-2:] == ["--gin.model_config.scan_layers=True",
@@ -309,7 +309,7 @@ def test_gpu_profile_dry_run_on_cpu(tmp_path, monkeypatch):
     results = json.load(f)
   row, = results["rows"]
   assert row["steps"] == 1 and row["batch_size"] == 8 and 0 <= row["package"]["accuracy"] <= 1
-  assert results["meta"]["task"]["name"] == "cloze"
+  assert results["meta"]["task"]["name"] == "context_cloze"
   config = (tmp_path / "runs" / run_ablations.BASELINE / "config.gin").read_text()
   assert "model_config.scan_layers = True" in config and "'bfloat16'" in config
 

@@ -54,7 +54,7 @@ def test_gpu_pretrain_cpu_dry_run_trains_without_tensorflow(tmp_path):
 def test_gpu_ablations_cpu_dry_run_pretrains_without_tensorflow(tmp_path):
   """benchmarks/gpu_ablations.sh (run_ablations.py --profile gpu) with --smoke on CPU, in a
   Python where importing tensorflow or seqio fails, as on the GPU image. Pretraining only
-  (-- --no_downstream): building the cloze task walks the installed sources (minutes);
+  (-- --no_downstream): building the context_cloze task walks the installed sources (minutes);
   tests/test_experiments.py dry-runs the profile's finetuning and scoring in-process."""
   blockers = tmp_path / "blockers"
   blockers.mkdir()
