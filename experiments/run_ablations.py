@@ -101,8 +101,16 @@ def spread(values: list[float]) -> float | None:
 
 
 def distinguishable(delta: float, noise: float | None) -> bool | None:
-  """A difference counts only at twice the baseline's seed spread or more."""
+  """A difference counts only at twice the seed spread or more (`row_noise`)."""
   return None if noise is None else abs(delta) >= 2 * noise
+
+
+def row_noise(base_spread: float | None, spread_of_row: float | None) -> float | None:
+  """The spread a row's difference from the baseline is judged by: the larger of the
+  baseline's and the row's own (when it ran 2 or more seeds); None without the baseline's."""
+  if base_spread is None:
+    return None
+  return base_spread if spread_of_row is None else max(base_spread, spread_of_row)
 
 
 def direction(ours: float, paper: float | None, noise: float | None) -> str:
@@ -465,10 +473,11 @@ def summarise(rows: list[dict]) -> list[dict]:
              else None, "paper": PAPER.get(name), "paper_delta": paper_delta(name)}
     if values and base_mean is not None and name != BASELINE:
       delta = entry["mean"] - base_mean
-      entry.update(delta=delta, distinguishable=distinguishable(delta, noise),
-                   direction=direction(delta, (entry["paper_delta"] or (None,))[0], noise)
+      judged = row_noise(noise, entry["spread"])
+      entry.update(delta=delta, distinguishable=distinguishable(delta, judged),
+                   direction=direction(delta, (entry["paper_delta"] or (None,))[0], judged)
                    # the paper's no-pretraining row is far below its baseline (Table 1)
-                   if name != FLOOR else direction(delta, -1.0, noise))
+                   if name != FLOOR else direction(delta, -1.0, judged))
     out.append(entry)
   return out
 
@@ -512,8 +521,9 @@ def downstream_table(rows: list[dict], meta: dict) -> list[str]:
       + (f"Chance: {_pct(task['chance'])}%. " if task.get("chance") is not None else "")
       + f"Baseline ({BASELINE}): "
       + (f"{_pct(base['mean'])}% over {len(base['accuracy'])} seeds, spread (sample s.d.) "
-         f"{_pct(noise)} points, so differences under {_pct(2 * noise)} points are marked "
-         "not distinguishable." if base and noise is not None else
+         f"{_pct(noise)} points. A difference counts (`>= 2x spread`) at twice the larger "
+         "of the baseline's spread and the row's own (rows of 2 or more seeds): at least "
+         f"{_pct(2 * noise)} points, more for a noisier row." if base and noise is not None else
          "fewer than 2 seeds, so no spread: run it with --seeds 3."), "",
       "| config | paper row | seeds | accuracy % (mean ± s.d.) | vs baseline | >= 2x spread "
       "| paper GLUE / SGLUE | paper vs its reference | direction |",
@@ -538,7 +548,7 @@ def downstream_table(rows: list[dict], meta: dict) -> list[str]:
             "of the row it is compared with (Table 7's mean span 3, T5's span corruption; "
             "Table 6's 15% for the rates). `direction`: whether our difference from the "
             "baseline has the sign of the paper's GLUE difference, once it is at least twice "
-            "our spread; `within our noise` otherwise. The floor is compared with the paper's "
+            "that spread; `within our noise` otherwise. The floor is compared with the paper's "
             "finding that pretraining helps.", ""]
   return lines
 

@@ -104,6 +104,9 @@ def test_seed_spread_and_direction():
   # at least twice the spread counts; under it does not; no spread: unknown
   assert run_ablations.distinguishable(0.2, 0.1) and not run_ablations.distinguishable(-0.19, 0.1)
   assert run_ablations.distinguishable(0.5, None) is None
+  # judged by the larger of the baseline's spread and the row's own
+  assert run_ablations.row_noise(0.1, None) == 0.1 and run_ablations.row_noise(0.1, 0.3) == 0.3
+  assert run_ablations.row_noise(0.3, 0.1) == 0.3 and run_ablations.row_noise(None, 0.3) is None
   assert run_ablations.direction(-0.3, -1.72, 0.1) == "agrees"
   assert run_ablations.direction(0.3, -1.72, 0.1) == "disagrees"
   assert run_ablations.direction(0.15, -1.72, 0.1) == "within our noise"
@@ -117,6 +120,9 @@ def test_seed_spread_and_direction():
            "package": {"accuracy": a}} for s, a in enumerate([0.40, 0.44, 0.42])]
   rows += [{"config": "rate_50", "seed": 0, "eval_loss": 5.5, "package": {"accuracy": 0.30}},
            {"config": "span_2", "seed": 0, "eval_loss": 5.1, "package": {"accuracy": 0.45}},
+           # 6 points above the baseline, 3x its spread but under twice its own (4 points)
+           *({"config": "span_5", "seed": s, "eval_loss": 5.1, "package": {"accuracy": a}}
+             for s, a in enumerate([0.44, 0.48, 0.52])),
            {"config": run_ablations.FLOOR, "seed": 0, "package": {"accuracy": 0.2}}]
   summary = {e["config"]: e for e in run_ablations.summarise(rows)}
   base = summary[run_ablations.BASELINE]
@@ -125,6 +131,9 @@ def test_seed_spread_and_direction():
   assert summary["span_2"]["delta"] == pytest.approx(0.03)
   assert not summary["span_2"]["distinguishable"]
   assert summary["span_2"]["direction"] == "within our noise"
+  assert summary["span_5"]["delta"] == pytest.approx(0.06)
+  assert not summary["span_5"]["distinguishable"]
+  assert summary["span_5"]["direction"] == "within our noise"
   assert summary[run_ablations.FLOOR]["direction"] == "agrees"  # pretraining helps
   lines = run_ablations.downstream_table(rows, {"task": {"chance": 0.125}})
   assert "| span_2 | Table 7 mean span 2 | 1 | 45.0 | +3.0 | no | 83.54 / 72.20 | +0.05 / -0.33 " \
